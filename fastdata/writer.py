@@ -1,0 +1,221 @@
+"""Writing WebDataset-layout tar shards.
+
+``ShardWriter`` takes sample dicts (``{"__key__": key, ext: value, ...}``), as the
+webdataset library's writer does, and splits them into shards by sample count and byte
+size. Each shard is written under ``<name>.tmp`` and renamed when complete, so a killed
+writer never leaves a shard that looks whole. Headers carry a fixed mtime, owner and mode,
+so the same samples always give byte-identical shards (and the same content hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+
+
+@dataclass
+class ShardInfo:
+    """What the index records about one complete shard."""
+
+    name: str
+    count: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encode_value(key: str, ext: str, value: Any) -> bytes:
+    """Encodes one field's value to bytes by its type (bytes pass through unchanged).
+
+    ``str`` becomes UTF-8, integers their decimal text (the ``.cls`` convention), NumPy
+    arrays the ``.npy`` format, dicts and lists JSON.
+
+    Raises:
+        TypeError: the value's type has no encoding; the error names key and field.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"sample {key!r}, field {ext!r}: booleans have no encoding; use int")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)).encode("ascii")
+    if isinstance(value, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return buf.getvalue()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value).encode("utf-8")
+    raise TypeError(
+        f"sample {key!r}, field {ext!r}: cannot encode {type(value).__name__}; "
+        "give bytes, str, int, a NumPy array, a dict or a list"
+    )
+
+
+def check_key(key: Any) -> str:
+    """Checks a sample key against the WebDataset rules and returns it.
+
+    Raises:
+        ValueError: the key is empty or its basename has a dot (which would move part of
+            the key into the extension when read back).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"sample key must be a non-empty string, got {key!r}")
+    base = key.rsplit("/", 1)[-1]
+    if not base or "." in base:
+        raise ValueError(
+            f"sample key {key!r}: the basename must be non-empty and have no dot "
+            "(the WebDataset key ends at the first dot); replace dots, e.g. with '_'"
+        )
+    return key
+
+
+class TarShard:
+    """One tar file being written under a temporary name; ``finish`` renames it."""
+
+    def __init__(self, path: str, mtime: int = 0) -> None:
+        self.path = path
+        self.tmp_path = path + ".tmp"
+        self.mtime = mtime
+        self.count = 0
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO = open(self.tmp_path, "wb")
+
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def add_file(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = self.mtime
+        info.mode = 0o444
+        self._put(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
+        self._put(data)
+        pad = -len(data) % tarfile.BLOCKSIZE
+        if pad:
+            self._put(b"\0" * pad)
+
+    def finish(self) -> ShardInfo:
+        """Writes the end-of-archive marker, closes and renames the shard into place."""
+        self._put(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
+        return ShardInfo(os.path.basename(self.path), self.count, self.size, self._hash.hexdigest())
+
+    def abandon(self) -> None:
+        """Closes and deletes the incomplete shard."""
+        self._file.close()
+        if os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)
+
+
+class ShardWriter:
+    """Writes samples into a numbered series of tar shards.
+
+    Args:
+        pattern: output path with a printf-style number, e.g. ``"out/train-%06d.tar"``.
+        maxcount: most samples per shard.
+        maxsize: most bytes per shard (a shard is closed once it reaches this size).
+        start_shard: number of the first shard.
+        on_shard: called with the ``ShardInfo`` of each shard when it is complete.
+
+    Example:
+        >>> with ShardWriter("out/train-%06d.tar", maxcount=1000) as sink:
+        ...     sink.write({"__key__": "cat/0001", "jpg": jpeg_bytes, "cls": 3})
+        >>> sink.shards  # ShardInfo for every complete shard
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        maxcount: int = 100_000,
+        maxsize: float = 3e9,
+        start_shard: int = 0,
+        on_shard: Callable[[ShardInfo], None] | None = None,
+    ) -> None:
+        if "%" not in pattern:
+            raise ValueError(f"shard pattern {pattern!r} needs a number field such as %06d")
+        if maxcount < 1 or maxsize < 1:
+            raise ValueError(f"maxcount and maxsize must be positive, got {maxcount}, {maxsize}")
+        self.pattern = pattern
+        self.maxcount = maxcount
+        self.maxsize = maxsize
+        self.next_shard = start_shard
+        self.on_shard = on_shard
+        self.shards: list[ShardInfo] = []
+        self._current: TarShard | None = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Writes one sample; its fields are encoded by ``encode_value``."""
+        key = check_key(sample.get("__key__"))
+        files = [
+            (ext, encode_value(key, ext, value))
+            for ext, value in sample.items()
+            if not ext.startswith("__")
+        ]
+        if not files:
+            raise ValueError(f"sample {key!r} has no fields to write")
+        shard = self._shard_for_next()
+        for ext, data in files:
+            if not ext or ext.startswith(".") or "/" in ext:
+                raise ValueError(f"sample {key!r}: bad field name {ext!r}")
+            shard.add_file(f"{key}.{ext}", data)
+        shard.count += 1
+
+    def _shard_for_next(self) -> TarShard:
+        cur = self._current
+        if cur is not None and (cur.count >= self.maxcount or cur.size >= self.maxsize):
+            self._finish_current()
+            cur = None
+        if cur is None:
+            path = self.pattern % self.next_shard
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            cur = self._current = TarShard(path)
+            self.next_shard += 1
+        return cur
+
+    def _finish_current(self) -> None:
+        if self._current is None:
+            return
+        info = self._current.finish()
+        self._current = None
+        self.shards.append(info)
+        if self.on_shard is not None:
+            self.on_shard(info)
+
+    def close(self) -> list[ShardInfo]:
+        """Completes the last shard; returns the infos of every shard written."""
+        self._finish_current()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drops the shard being written (complete shards stay)."""
+        if self._current is not None:
+            self._current.abandon()
+            self._current = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
