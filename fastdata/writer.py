@@ -21,7 +21,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 
-
 @dataclass
 class ShardInfo:
     """What the index records about one complete shard."""
@@ -178,12 +177,11 @@ class ShardWriter:
                 raise ValueError(f"sample {key!r}: bad field name {ext!r}")
             shard.add_file(f"{key}.{ext}", data)
         shard.count += 1
+        if shard.count >= self.maxcount or shard.size >= self.maxsize:
+            self._finish_current()
 
     def _shard_for_next(self) -> TarShard:
         cur = self._current
-        if cur is not None and (cur.count >= self.maxcount or cur.size >= self.maxsize):
-            self._finish_current()
-            cur = None
         if cur is None:
             path = self.pattern % self.next_shard
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -1,0 +1,154 @@
+"""Per-sample work of a conversion, run in worker processes.
+
+``prepare_item`` reads one source item and turns it into the encoded fields of a shard
+sample, plus what the main process needs for the index: a content digest (for
+de-duplication), the image size, and pixel sums for the dataset statistics. It never
+raises for bad data: problems come back as ``Prepared.error`` so the main process can
+apply the ``drop_corrupt`` policy in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fastdata.sources import Item
+from fastdata.writer import encode_value
+
+Image.MAX_IMAGE_PIXELS = None  # large photographs are legitimate input
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Options that change what is stored (and so are part of the resume fingerprint).
+
+    Attributes:
+        max_side: re-encode images whose longer side exceeds this, shrunk to it.
+        quality: JPEG quality of re-encoded images; setting it re-encodes every image.
+        raw: store decoded uint8 HWC RGB pixels as ``.npy`` instead of compressed bytes.
+        check_decode: decode every image fully (needed to detect truncated files).
+    """
+
+    max_side: int | None = None
+    quality: int | None = None
+    raw: bool = False
+    check_decode: bool = False
+
+    @property
+    def reencode(self) -> bool:
+        return self.max_side is not None or self.quality is not None
+
+
+@dataclass
+class Prepared:
+    """The result of preparing one item."""
+
+    ordinal: int
+    fields: dict[str, bytes] | None = None
+    digest: str = ""
+    size: tuple[int, int] = (0, 0)
+    pixel_sums: tuple[np.ndarray, np.ndarray, int] | None = None
+    error: str | None = None
+
+
+_SOURCE = None
+_OPTIONS = PrepareOptions()
+
+
+def init_worker(source, options: PrepareOptions) -> None:
+    """Pool initializer: keeps the source and options in the worker process."""
+    global _SOURCE, _OPTIONS
+    _SOURCE, _OPTIONS = source, options
+
+
+def prepare_task(task: tuple[int, Item, bool]) -> Prepared:
+    """Pool entry point: ``(ordinal, item, with_stats)`` → ``Prepared``."""
+    ordinal, item, with_stats = task
+    return prepare_item(_SOURCE, item, ordinal, _OPTIONS, with_stats)
+
+
+def prepare_item(source, item: Item, ordinal: int, options: PrepareOptions, with_stats: bool) -> Prepared:
+    """Reads, checks and encodes one item; errors come back in ``Prepared.error``."""
+    try:
+        ext, payload = source.read(item)
+    except OSError as exc:
+        return Prepared(ordinal, error=f"cannot read: {exc.strerror or exc}")
+    try:
+        if isinstance(payload, np.ndarray):
+            result = _prepare_array(payload, options, with_stats)
+        else:
+            result = _prepare_bytes(ext, payload, options, with_stats)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        return Prepared(ordinal, error=f"not a readable image: {exc}")
+    result.ordinal = ordinal
+    if item.label is not None:
+        result.fields["cls"] = encode_value(item.key, "cls", item.label)
+    return result
+
+
+def _prepare_array(image: np.ndarray, options: PrepareOptions, with_stats: bool) -> Prepared:
+    digest = hashlib.blake2b(repr(image.shape).encode() + image.tobytes(), digest_size=16).hexdigest()
+    height, width = image.shape[:2]
+    if options.reencode:
+        pil = _resize(_to_rgb(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), options)
+        fields = {"jpg": _encode_jpeg(pil, options.quality)}
+        width, height = pil.size
+    else:
+        fields = {"npy": encode_value("", "npy", np.ascontiguousarray(image))}
+    sums = _pixel_sums(image) if with_stats else None
+    return Prepared(0, fields, digest, (width, height), sums)
+
+
+def _prepare_bytes(ext: str, data: bytes, options: PrepareOptions, with_stats: bool) -> Prepared:
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    pil = Image.open(io.BytesIO(data))
+    size = pil.size
+    decode = options.check_decode or options.reencode or options.raw or with_stats
+    if not decode:
+        return Prepared(0, {ext: data}, digest, size)
+    pil.load()
+    rgb = _to_rgb(pil)
+    sums = _pixel_sums(np.asarray(rgb)) if with_stats else None
+    if options.reencode or options.raw:
+        rgb = _resize(rgb, options)
+        size = rgb.size
+        stored = {"npy": encode_value("", "npy", np.asarray(rgb))} if options.raw else {
+            "jpg": _encode_jpeg(rgb, options.quality)
+        }
+        return Prepared(0, stored, digest, size, sums)
+    return Prepared(0, {ext: data}, digest, size, sums)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _resize(image: Image.Image, options: PrepareOptions) -> Image.Image:
+    side = options.max_side
+    width, height = image.size
+    if side is None or max(width, height) <= side:
+        return image
+    scale = side / max(width, height)
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _encode_jpeg(image: Image.Image, quality: int | None) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality or 90)
+    return out.getvalue()
+
+
+def _pixel_sums(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sums of values and squared values in [0, 1] (exact integer sums)."""
+    pixels = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)[:, :3]
+    if pixels.shape[1] == 1:
+        pixels = np.repeat(pixels, 3, axis=1)
+    wide = pixels.astype(np.uint32)
+    sums = wide.sum(axis=0, dtype=np.uint64).astype(np.float64) / 255.0
+    squares = (wide * wide).sum(axis=0, dtype=np.uint64).astype(np.float64) / (255.0 * 255.0)
+    return sums, squares, pixels.shape[0]
