@@ -1,0 +1,229 @@
+"""``fastdata.DataLoader``: torch's DataLoader, plus a one-keyword fast path.
+
+Without new arguments it *is* ``torch.utils.data.DataLoader`` (a subclass that changes
+nothing): the same arguments, defaults, validation, batches, worker processes, seeding,
+errors, timeouts and persistent workers, at the same speed and memory. Existing scripts
+switch by changing one import.
+
+``compile=True`` takes over the iteration when the dataset is a torchvision
+``ImageFolder``/``DatasetFolder`` whose transform fastdata can compile (see
+``fastdata.compile``): indices still come from the very same sampler (so shuffling gives
+the same order as torch for the same generator), but decoding and the geometric transforms
+run in a thread pool straight into preallocated uint8 batches, and the conversion and
+normalisation run once per batch, on ``device`` when given (see ``fastdata.engine``).
+Batches are ``[images, labels]`` like torch's default collation of ``(image, label)``
+pairs: a float NCHW tensor and an int64 tensor. What cannot be compiled is named in a
+warning and runs on the drop-in path.
+
+NOTE [ compile=True and worker arguments ]
+On the compiled path ``num_workers`` is the number of worker threads (0: the work runs in
+the iterating thread), ``timeout`` bounds the wait for one batch, ``prefetch_factor`` sets
+how many batches are in flight per worker thread, and ``persistent_workers`` keeps the
+threads between epochs. ``worker_init_fn`` and ``multiprocessing_context`` concern worker
+processes and are not used there: the transforms' randomness comes from a per-sample
+generator seeded from the loader's ``generator`` (see NOTE [ Per-sample randomness ] in
+``fastdata.engine``), not from the workers' global RNGs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.utils.data
+from torch.utils.data import get_worker_info
+
+from fastdata.compile import CompiledFolder, compile_folder
+from fastdata.engine import ON_ERROR, BatchEngine, EngineStats
+
+__all__ = ["DataLoader", "get_worker_info"]
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """A drop-in ``torch.utils.data.DataLoader`` with an optional compiled fast path.
+
+    Every argument up to ``in_order`` is torch's, with torch's defaults and meaning.
+
+    Args:
+        compile: run torchvision image folders and transforms on the compiled path;
+            falls back (with a warning naming the reason) when they cannot be compiled.
+        device: where batches are delivered (``"cuda"``, ``"cpu"``...); on the
+            compiled path the uint8 batch is copied there and converted there. None keeps
+            them where torch's DataLoader leaves them.
+        memory_format: layout of the compiled path's image batches
+            (``torch.contiguous_format`` or ``torch.channels_last``).
+        on_error: compiled path only: ``"raise"``, ``"skip"`` or ``"warn"`` for an image
+            that cannot be read or decoded; skips are counted in ``stats``.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Any = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Any = None,
+        multiprocessing_context: Any = None,
+        generator: torch.Generator | None = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        compile: bool = False,
+        device: torch.device | str | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        on_error: str = "raise",
+    ) -> None:
+        super().__init__(
+            dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
+            pin_memory, drop_last, timeout, worker_init_fn, multiprocessing_context,
+            generator, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device, in_order=in_order,
+        )  # fmt: skip
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if memory_format not in (torch.contiguous_format, torch.channels_last):
+            raise ValueError(
+                "memory_format must be torch.contiguous_format or torch.channels_last, "
+                f"got {memory_format!r}"
+            )
+        self.device = torch.device(device) if device is not None else None
+        self.memory_format = memory_format
+        self.on_error = on_error
+        self.compiled: CompiledFolder | None = None
+        self._stats = EngineStats()
+        self._epoch = 0
+        if compile:
+            self.compiled = self._compile()
+
+    def _compile(self) -> CompiledFolder | None:
+        reasons = [] if self._auto_collation else ["batch_size=None (automatic batching off)"]
+        compiled = None
+        if not reasons:
+            compiled, reasons = compile_folder(self.dataset, collate_fn=self.collate_fn)
+        if compiled is None:
+            warnings.warn(
+                "DataLoader(compile=True) could not compile: " + "; ".join(reasons)
+                + ". These batches are produced by the uncompiled DataLoader instead.",
+                stacklevel=3,
+            )
+        return compiled
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters of the compiled path over all epochs (batches, samples, skips, waits)."""
+        return self._stats
+
+    def __iter__(self) -> Any:
+        if self.compiled is None:
+            batches = super().__iter__()
+            return batches if self.device is None else _moved(batches, self.device)
+        if self.persistent_workers and self._iterator is not None:
+            self._iterator._reset(self)
+            return self._iterator
+        iterator = _CompiledIter(self)
+        if self.persistent_workers:
+            self._iterator = iterator
+        return iterator
+
+    def _build_engine(self) -> BatchEngine:
+        """A batch engine for one iterator (kept across epochs with persistent workers)."""
+        in_flight = max(2, self.num_workers * (self.prefetch_factor or 2))
+        return BatchEngine(
+            self.compiled.plan,
+            self.batch_size or getattr(self.batch_sampler, "batch_size", None) or 1,
+            num_threads=self.num_workers,
+            ring_size=in_flight + 1,
+            device=self.device,
+            memory_format=self.memory_format,
+            on_error=self.on_error,
+            timeout=self.timeout,
+            stats=self._stats,
+        )
+
+
+class _CompiledIter:
+    """Iterator of the compiled path: the sampler's indices through the batch engine.
+
+    Like torch's iterator, it draws a base seed from the loader's ``generator`` before the
+    sampler draws its own, so the index order equals torch's for the same generator, and
+    (with persistent workers) keeps that base seed across epochs.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._engine = loader._build_engine()
+        self._base_seed: int | None = None
+        self._batches: Iterator | None = None
+        self._reset(loader)
+
+    def _reset(self, loader: DataLoader, first_iter: bool = False) -> None:
+        self._close()
+        index_batches = iter(loader._index_sampler)
+        if self._base_seed is None:
+            self._base_seed = int(
+                torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
+            )
+        self._len = len(loader)
+        compiled = loader.compiled
+        epoch, loader._epoch = loader._epoch, loader._epoch + 1
+        batches = self._engine.iterate(
+            compiled.refs(index_batches), epoch=epoch, seed=self._base_seed
+        )
+        self._batches = batches
+        self._pin = loader.pin_memory and loader.device is None and torch.cuda.is_available()
+
+    def __iter__(self) -> _CompiledIter:
+        return self
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __next__(self) -> list:
+        if self._batches is None:
+            raise StopIteration
+        try:
+            images, labels = next(self._batches)
+        except StopIteration:
+            self._batches = None
+            raise
+        if self._pin:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return [images, labels]
+
+    def _close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+    def __del__(self) -> None:
+        if hasattr(self, "_engine"):
+            self._close()
+            self._engine.close()
+
+
+def _moved(batches: Iterator, device: torch.device) -> Iterator:
+    """Moves every tensor of each batch to ``device`` (non-blocking from pinned memory)."""
+    for batch in batches:
+        yield _to(batch, device)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return type(obj)({k: _to(v, device) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        moved = [_to(v, device) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else tuple(moved)
+    return obj
