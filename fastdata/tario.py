@@ -24,6 +24,7 @@ checksum so a corrupt header is reported rather than misread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -134,17 +135,19 @@ def _truncated(header: bytes, last: str | None) -> str:
     return f"truncated inside a header after member {last!r}"
 
 
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
 def split_name(name: str) -> tuple[str | None, str | None]:
     """Splits a member path into ``(key, extension)`` by the webdataset rule.
 
     The key is the path up to the first dot of the basename; the extension is the rest,
     lower-cased. Returns ``(None, None)`` for a name without an extension.
     """
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot <= slash or dot == len(name) - 1:
+    match = _KEY_EXT.match(name)
+    if match is None:
         return None, None
-    return name[:dot], name[dot + 1 :].lower()
+    return match.group(1), match.group(2).lower()
 
 
 def group_samples(
