@@ -1,0 +1,264 @@
+"""The compiled plan of a pipeline: a per-sample uint8 stage and a batch stage.
+
+``plan = Compose([...]).plan()`` (or :func:`compile_pipeline`) splits a pipeline in two:
+
+- **sample stage** (``plan.sample_into(src, out, rng)``): decode (with DCT scaling when
+  the resize shrinks 2x or more), crop, resize, pad, flip and brightness, fused into one
+  resampling pass that writes an ``(H, W, C)`` uint8 slot the caller owns. The decoder and
+  the Numba kernels release the GIL, so threads filling different slots scale; the only
+  GIL-holding part is a few microseconds of parameter drawing and table setup.
+  ``plan.sample_shape`` declares ``(H, W, C)`` before any data is seen.
+- **batch stage** (``plan.finish(batch)``): ``ToDtype`` and ``Normalize`` fused into one
+  table-driven pass from the uint8 NHWC batch to float NCHW (or channels-last) on the
+  batch's device; :func:`~fastdata.transforms.kernels.select_backend` picks Numba on the
+  CPU and torch ops elsewhere.
+
+The randomness of a sample comes only from the ``rng`` passed to ``sample_into``: the
+transforms draw from it in pipeline order, before decoding, so the same generator state
+gives the same crops and flips whatever the decoder or backend.
+
+NOTE [ Stage order ]
+Batch-stage steps (ToDtype, Normalize) are applied after every sample-stage step even
+where the pipeline lists a geometric step after them (torchvision v1 pipelines often put
+``ToTensor`` first). Resampling in uint8 and converting afterwards differs from
+resampling in float by the uint8 rounding only (at most 0.5/255).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastdata.decode import decode_image, image_format, image_size
+from fastdata.transforms.geometry import Geometry, PlanError
+from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
+from fastdata.transforms.ops import DecodeImage, Normalize, ToDtype, Transform
+
+CHANNELS = 3
+
+
+def _as_hwc(src) -> np.ndarray:
+    """An HWC uint8 RGB view of an array or a CHW tensor (gray replicated, alpha dropped)."""
+    if isinstance(src, torch.Tensor):
+        if src.dim() == 2:
+            src = src[None]
+        if src.dim() != 3:
+            raise ValueError(f"expected a CHW uint8 tensor, got shape {tuple(src.shape)}")
+        src = src.cpu().permute(1, 2, 0).numpy()
+    arr = np.asarray(src)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"compiled transforms take uint8 images, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an HWC image with 1, 3 or 4 channels, got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    return arr[:, :, :3]
+
+
+def _axis_table(size: int, lo, length, n_resized, rows, kind, antialias):
+    n = len(rows)
+    starts, counts = np.empty(n, np.int32), np.empty(n, np.int32)
+    weights = np.zeros((n, cpu.max_taps(length, n_resized, kind, antialias)), np.float32)
+    cpu.axis_tables(size, lo, length, n_resized, rows, kind, antialias, starts, counts, weights)
+    return starts, counts, weights
+
+
+def default_rng() -> np.random.Generator:
+    """A generator seeded from torch's global RNG (so ``torch.manual_seed`` and worker seeding apply)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
+class Plan:
+    """A pipeline compiled into a per-sample uint8 stage and a fused batch stage.
+
+    Args:
+        transforms: the pipeline's steps, in order.
+
+    Raises:
+        PlanError: the steps cannot be compiled (two resizes, Normalize before ToDtype...).
+    """
+
+    def __init__(self, transforms: list[Transform]) -> None:
+        self.transforms = list(transforms)
+        self.sample_ops = [t for t in self.transforms if t.stage == "sample"]
+        decoders = [t for t in self.transforms if isinstance(t, DecodeImage)]
+        self.reduce = decoders[-1].reduce if decoders else True
+        resizes = [t for t in self.sample_ops if type(t).__name__ in ("Resize", "RandomResizedCrop")]
+        if len(resizes) > 1:
+            raise PlanError("a compiled pipeline can resize once; run the steps one at a time instead")
+        self.dtype, self.scale, self.mean, self.std = self._batch_stage()
+        self._luts: dict[tuple[str, int], torch.Tensor] = {}
+
+    def _batch_stage(self):
+        dtype, scale, mean, std = torch.uint8, False, None, None
+        for t in self.transforms:
+            if isinstance(t, ToDtype):
+                if dtype != torch.uint8 and t.dtype != dtype:
+                    raise PlanError("two ToDtype steps with different dtypes cannot be fused")
+                dtype, scale = t.dtype, scale or t.scale
+            elif isinstance(t, Normalize):
+                if dtype == torch.uint8:
+                    raise PlanError("Normalize needs a float input: put ToDtype(torch.float32, scale=True) before it")
+                if mean is not None:
+                    raise PlanError("only one Normalize can be fused")
+                mean, std = t.mean, t.std
+        return dtype, scale, (0.0,) if mean is None else mean, (1.0,) if std is None else std
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of every sample-stage output, declared before any data.
+
+        Raises:
+            PlanError: the output size depends on the input (e.g. ``Resize(int)`` last).
+        """
+        size = None
+        for t in self.transforms:
+            if t.stage != "batch":
+                size = t.declare(size)
+        if size is None:
+            raise PlanError(
+                "the pipeline has no fixed output size, so batches cannot be preallocated: "
+                "end it with CenterCrop/RandomCrop/RandomResizedCrop or give Resize an (h, w) size"
+            )
+        return size[0], size[1], CHANNELS
+
+    def geometry(self, src, rng: np.random.Generator, *, url=None, key=None, field=None):
+        """Draw one sample's geometry; returns ``(geometry, decoded array or None)``."""
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            arr, (h, w) = None, image_size(src, url=url, key=key, field=field)
+        else:
+            arr = _as_hwc(src)
+            h, w = arr.shape[:2]
+        geom = Geometry(h, w)
+        for t in self.sample_ops:
+            t.apply(geom, rng)
+        return geom, arr
+
+    def _decoded(self, src, geom: Geometry, arr, url, key, field) -> np.ndarray:
+        if arr is not None:
+            return arr
+        reduce = geom.reducible() if self.reduce and image_format(src) == "jpeg" else None
+        arr = decode_image(src, url=url, key=key, field=field, reduce_to=reduce)
+        if arr.shape[:2] != geom.source:
+            geom.rescale(*arr.shape[:2])
+        return arr
+
+    def sample_into(self, src, out: np.ndarray, rng: np.random.Generator, *, url=None, key=None, field=None) -> None:
+        """Decode (if bytes) and transform one sample straight into ``out``.
+
+        Args:
+            src: encoded image bytes, or an HWC uint8 array / CHW uint8 tensor.
+            out: caller-owned ``(H, W, 3)`` uint8 array (``sample_shape``), written completely.
+            rng: the sample's generator, the only source of its randomness.
+            url, key, field: where the sample came from, named in errors.
+
+        Raises:
+            DecodeError: the bytes cannot be decoded.
+            ValueError: ``out`` does not have the planned shape and dtype.
+        """
+        geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
+        size = geom.size()
+        if out.dtype != np.uint8 or out.shape != (*size, CHANNELS):
+            raise ValueError(f"out must be uint8 {(*size, CHANNELS)}, got {out.dtype} {out.shape}")
+        self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
+
+    def sample(self, src, rng: np.random.Generator) -> np.ndarray:
+        """Like :meth:`sample_into` but allocates the output (its size may vary with the input)."""
+        geom, arr = self.geometry(src, rng)
+        out = np.empty((*geom.size(), CHANNELS), np.uint8)
+        self._render(self._decoded(src, geom, arr, None, None, None), geom, out)
+        return out
+
+    @staticmethod
+    def _render(arr: np.ndarray, geom: Geometry, out: np.ndarray) -> None:
+        (yl, ylen, yn, yrows, kind, aa), (xl, xlen, xn, xrows, _, _) = geom.axes()
+        ytab = _axis_table(arr.shape[0], yl, ylen, yn, yrows, kind, aa)
+        xtab = _axis_table(arr.shape[1], xl, xlen, xn, xrows, kind, aa)
+        fill = np.asarray(geom.fill, np.uint8)
+        cpu.resample_into(arr, *ytab, *xtab, fill, np.float32(geom.gain), out)
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """dtype of the tensors :meth:`finish` returns."""
+        return self.dtype
+
+    def lut(self, device: torch.device) -> torch.Tensor:
+        """The batch stage's ``(C, 256)`` table on ``device`` (cached)."""
+        k = (str(device), CHANNELS)
+        if k not in self._luts:
+            table = normalize_lut(self.mean, self.std, CHANNELS, self.dtype, self.scale)
+            self._luts[k] = table.to(device)
+        return self._luts[k]
+
+    def finish(self, batch: torch.Tensor, device=None, memory_format=torch.contiguous_format, out=None) -> torch.Tensor:
+        """Convert a uint8 NHWC batch into the pipeline's output, NCHW, on ``device``.
+
+        Args:
+            batch: ``(N, H, W, 3)`` uint8 tensor (pinned memory makes the copy asynchronous).
+            device: where the result lives; default the batch's device. The uint8 batch is
+                moved first, so a GPU converts 4x fewer bytes than it would receive in float32.
+            memory_format: ``torch.contiguous_format`` (NCHW) or ``torch.channels_last``.
+            out: optional preallocated result with the right shape, dtype and layout.
+
+        Raises:
+            ValueError: ``batch`` is not a uint8 NHWC tensor with 3 channels.
+        """
+        if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[3] != CHANNELS:
+            raise ValueError(f"finish expects a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
+        if device is not None:
+            batch = batch.to(device, non_blocking=True)
+        nchw = batch.permute(0, 3, 1, 2)
+        if self.dtype == torch.uint8:
+            return nchw.contiguous(memory_format=memory_format)
+        if out is None:
+            out = torch.empty(nchw.shape, dtype=self.dtype, device=batch.device, memory_format=memory_format)
+        select_backend(batch.device).normalize_into(batch.contiguous(), self.lut(batch.device), out)
+        return out
+
+    def __call__(self, sample, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Run both stages on one sample; returns a CHW tensor."""
+        rng = default_rng() if rng is None else rng
+        hwc = self.sample(sample, rng)
+        return self.finish(torch.from_numpy(hwc)[None])[0]
+
+
+def run_sequential(transforms: list[Transform], sample, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Apply steps one at a time to one sample (for pipelines one plan cannot express).
+
+    A floating-point CHW tensor input accepts only ToDtype and Normalize, applied with torch ops.
+    """
+    rng = default_rng() if rng is None else rng
+    if isinstance(sample, torch.Tensor) and sample.is_floating_point():
+        return _float_steps(transforms, sample)
+    current = sample
+    for i, t in enumerate(transforms):
+        if t.stage == "batch":
+            return Plan(transforms[i:])(_as_hwc(current) if not isinstance(current, bytes) else current, rng)
+        if t.stage == "decode":
+            if isinstance(current, (bytes, bytearray, memoryview)):
+                current = decode_image(bytes(current))
+            continue
+        current = Plan([t]).sample(current, rng)
+    if isinstance(current, (bytes, bytearray, memoryview)):
+        current = decode_image(bytes(current))
+    return torch.from_numpy(np.ascontiguousarray(_as_hwc(current))).permute(2, 0, 1).contiguous()
+
+
+def _float_steps(transforms: list[Transform], x: torch.Tensor) -> torch.Tensor:
+    for t in transforms:
+        if isinstance(t, ToDtype):
+            x = x.to(t.dtype)
+        elif isinstance(t, Normalize):
+            mean = torch.tensor(t.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+            std = torch.tensor(t.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+            x = (x - mean) / std
+        else:
+            raise TypeError(f"{type(t).__name__} takes uint8 images (bytes, HWC arrays or CHW uint8 tensors)")
+    return x
+
+
+def compile_pipeline(transforms) -> Plan:
+    """Compile a :class:`Compose` (or a list of transforms) into a :class:`Plan`."""
+    return Plan(getattr(transforms, "transforms", transforms))
