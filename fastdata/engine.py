@@ -16,7 +16,8 @@ API
 
 ``BatchEngine(plan, batch_size, num_threads=2, seed=0, ...)``
     ``plan`` is a compiled transform plan with ``sample_shape`` ``(H, W, C)``,
-    ``sample_into(src, out_slot, rng)`` writing one uint8 HWC sample into ``out_slot``
+    ``sample_into(src, out, rng, url=, key=, field=)`` writing one uint8 HWC sample into
+    ``out`` (naming the sample in its errors)
     and ``finish(uint8_nhwc_batch, device=..., memory_format=...)`` returning the float
     NCHW batch (see ``fastdata.transforms``). ``iterate(batches, epoch=0, rank=0,
     worker=0)`` takes an iterable of batches, each a sequence of ``SampleRef``, and
@@ -82,7 +83,9 @@ class Plan(Protocol):
 
     sample_shape: tuple[int, int, int]
 
-    def sample_into(self, src: Any, out_slot: np.ndarray, rng: np.random.Generator) -> None: ...
+    def sample_into(
+        self, src: Any, out: np.ndarray, rng: np.random.Generator, *, url: Any, key: Any, field: Any
+    ) -> None: ...
 
     def finish(self, batch: torch.Tensor, device: Any = None, memory_format: Any = ...) -> Any: ...
 
@@ -385,7 +388,9 @@ class BatchEngine:
                 if isinstance(src, (str, os.PathLike)):
                     with open(src, "rb") as fh:
                         src = fh.read()
-                plan.sample_into(src, out[i], rngs.for_sample(ref.index))
+                plan.sample_into(
+                    src, out[i], rngs.for_sample(ref.index), url=ref.url, key=ref.key, field=ref.field
+                )
             except Exception as exc:  # handed to the consumer, see NOTE [ Skipping bad samples ]
                 errors[i] = _as_fastdata_error(exc, ref)
 

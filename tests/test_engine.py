@@ -29,7 +29,7 @@ class FlipPlan:
         self.fail_on = fail_on
         self.threads: set[str] = set()
 
-    def sample_into(self, src, out_slot, rng) -> None:
+    def sample_into(self, src, out_slot, rng, **where) -> None:
         self.threads.add(threading.current_thread().name)
         pixels = np.frombuffer(bytes(src), dtype=np.uint8).reshape(H, W, C)
         if pixels[0, 0, 0] in self.fail_on:
@@ -240,7 +240,7 @@ def test_cuda_buffers_are_not_reused_while_copied():
     class Big(FlipPlan):
         sample_shape = (256, 256, 3)
 
-        def sample_into(self, src, out_slot, rng):
+        def sample_into(self, src, out_slot, rng, **where):
             out_slot[...] = src
 
         def finish(self, batch, device=None, memory_format=torch.contiguous_format):
