@@ -29,7 +29,9 @@ def _find(haystack: np.ndarray, needle: np.ndarray) -> bool:
     """True if ``needle`` appears pixel for pixel somewhere in ``haystack``."""
     h, w = needle.shape[:2]
     ys, xs = np.nonzero((haystack[: 1 - h or None, : 1 - w or None] == needle[0, 0]).all(-1))
-    return any(np.array_equal(haystack[y : y + h, x : x + w], needle) for y, x in zip(ys, xs))
+    return any(
+        np.array_equal(haystack[y : y + h, x : x + w], needle) for y, x in zip(ys, xs, strict=True)
+    )
 
 
 def test_contact_sheet_draws_each_image_pixel_for_pixel(tmp_path):
