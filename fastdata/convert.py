@@ -88,9 +88,13 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
     tasks = ((pos, source.items[order[pos]], pos % stride == 0) for pos in range(state.next_pos, len(order)))
     with tqdm(total=len(order), initial=state.next_pos, unit="img", desc="convert", disable=not progress,
               dynamic_ncols=True, file=sys.stderr) as bar:
-        for prepared in _run_prepare(source, tasks, options):
-            _consume(state, source, source.items[order[prepared.ordinal]], prepared, options)
-            bar.update(1)
+        try:
+            for prepared in _run_prepare(source, tasks, options):
+                _consume(state, source, source.items[order[prepared.ordinal]], prepared, options)
+                bar.update(1)
+        except BaseException:
+            state.writer.abort()  # complete shards and the journal stay for a re-run to resume
+            raise
     shards = [s.to_dict() for s in state.close()]
     report = ConvertReport(index_path, shards, sum(s["count"] for s in shards), state.skipped,
                            state.duplicates, time.perf_counter() - start, state.resumed_from)

@@ -2,9 +2,9 @@
 
 Every problem is reported with its shard and key rather than stopping at the first:
 unreadable or truncated shards, bad tar headers, members without an extension, dotted
-folder names, a sample's files not contiguous, an extension twice in a sample, samples
-whose fields differ from the rest (often a dotted file name splitting a key), and sample
-counts, byte sizes and SHA-256 hashes that do not match the index.
+folder names, dotted file names that split a key (``img.2.jpg`` read as key ``img`` with
+extension ``2.jpg``), a sample's files not contiguous, an extension twice in a sample, and
+sample counts, byte sizes and SHA-256 hashes that do not match the index.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass
 
 from fastdata.errors import FastdataError, ShardError
@@ -42,7 +41,6 @@ class ShardScan:
     count: int
     size: int
     sha256: str
-    field_sets: Counter
     problems: list[Problem]
 
 
@@ -79,8 +77,7 @@ def scan_shard(url: str) -> ShardScan:
     except ShardError as exc:
         problems.append(Problem(url, exc.message))
         stream = locals().get("stream") or _HashingReader(None)
-    field_sets = Counter(frozenset(exts) for exts in samples.values())
-    return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), field_sets, problems)
+    return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), problems)
 
 
 def _check_member(url: str, name: str, samples: dict, order: list, problems: list[Problem]) -> None:
@@ -92,6 +89,8 @@ def _check_member(url: str, name: str, samples: dict, order: list, problems: lis
     folders = key.split("/")[:-1]
     if any("." in part and part not in (".", "..") for part in folders):
         problems.append(Problem(url, f"member {name!r} has a dotted folder name", key))
+    if "." in ext and ext.split(".", 1)[0].isdigit():
+        problems.append(Problem(url, f"member {name!r}: a dotted file name split the key (extension {ext!r})", key))
     if key in samples and order[-1] != key:
         problems.append(Problem(url, f"files of this sample are not contiguous ({name!r})", key))
     elif key in samples and ext in samples[key]:
@@ -114,7 +113,6 @@ def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
     expected = {s["name"]: s for s in index["shards"]} if index else {}
     problems: list[Problem] = []
     total = 0
-    field_sets: Counter = Counter()
     scans = []
     for url in urls:
         if "://" not in url and not url.startswith("pipe:") and not os.path.exists(url):
@@ -124,8 +122,6 @@ def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
         scans.append(scan)
         problems += scan.problems + _compare(scan, expected.get(os.path.basename(url)), index is not None)
         total += scan.count
-        field_sets.update(scan.field_sets)
-    problems += _odd_field_sets(field_sets, urls)
     if index is not None and index.get("num_samples") not in (None, total) and len(scans) == len(urls):
         problems.append(Problem(index_path, f"index says {index['num_samples']} samples, shards hold {total}"))
     return problems, total
@@ -146,18 +142,6 @@ def _compare(scan: ShardScan, entry: dict | None, indexed: bool) -> list[Problem
         if entry.get(field) != actual:
             out.append(Problem(scan.url, f"{field} is {actual}, the index says {entry.get(field)}"))
     return out
-
-
-def _odd_field_sets(field_sets: Counter, urls: list[str]) -> list[Problem]:
-    if len(field_sets) <= 1:
-        return []
-    usual, _ = field_sets.most_common(1)[0]
-    return [
-        Problem(",".join(urls[:1]) + ("..." if len(urls) > 1 else ""),
-                f"{n} samples have fields {sorted(fs)} instead of the usual {sorted(usual)} "
-                "(a dotted file name splits a key?)")
-        for fs, n in field_sets.items() if fs != usual
-    ]
 
 
 def register(subparsers) -> None:

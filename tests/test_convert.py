@@ -1,0 +1,204 @@
+"""fastdata convert: sources, labels, options, parallel identity, resumption, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+import fastdata.prepare as prepare_mod
+from fastdata import SourceError, iter_samples
+from fastdata.cli import main
+from fastdata.convert import ConvertOptions, convert
+from fastdata.index import read_index, shard_urls
+from fastdata.prepare import PrepareOptions
+
+
+def write_image(path, rng, size=None, mode="RGB", fmt=None):
+    w, h = size or (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image.save(path, format=fmt)
+    return pixels
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "photos"
+    for cls, n in [("zebra", 5), ("ant", 7), ("Moth", 4)]:
+        for i in range(n):
+            ext = ["jpg", "png", "JPEG"][i % 3]
+            write_image(str(root / cls / f"img.{i}.{ext}"), rng, mode=["RGB", "RGBA", "L"][i % 3],
+                        fmt="PNG" if ext == "png" else "JPEG")
+    (root / "ant" / "notes.txt").write_text("not an image")
+    return root
+
+
+def read_all(index_path):
+    index = read_index(str(index_path))
+    return index, list(iter_samples(shard_urls(str(index_path), index)))
+
+
+def test_image_folder_follows_torchvision_order_labels_and_bytes(folder, tmp_path):
+    report = convert(str(folder), str(tmp_path / "out/train-%06d.tar"), ConvertOptions(maxcount=6))
+    index, samples = read_all(report.index_path)
+    reference = ImageFolder(str(folder))
+    assert index["label_map"] == reference.class_to_idx
+    assert len(samples) == len(reference.samples) == index["num_samples"] == 16
+    for sample, (path, label) in zip(samples, reference.samples, strict=True):
+        rel = os.path.relpath(path, folder)
+        assert sample["__key__"] == os.path.splitext(rel)[0].replace(".", "_")
+        ext = "jpg" if path.lower().endswith(("jpg", "jpeg")) else "png"
+        assert sample[ext] == open(path, "rb").read()
+        assert int(sample["cls"]) == label
+    assert [s["count"] for s in index["shards"]] == [6, 6, 4]
+    expected_counts = {str(c): reference.targets.count(c) for c in sorted(set(reference.targets))}
+    assert index["stats"]["class_counts"] == expected_counts == {"0": 4, "1": 7, "2": 5}
+
+
+def test_parallel_output_is_identical_to_serial(folder, tmp_path):
+    reports = [
+        convert(str(folder), str(tmp_path / f"w{w}/s-%04d.tar"), ConvertOptions(maxcount=5, workers=w, shuffle_seed=3))
+        for w in (0, 2)
+    ]
+    assert [s["sha256"] for s in reports[0].shards] == [s["sha256"] for s in reports[1].shards]
+    assert read_index(reports[0].index_path)["stats"] == read_index(reports[1].index_path)["stats"]
+
+
+def test_seeded_shuffle_is_a_permutation(folder, tmp_path):
+    keys = {}
+    for name, seed in [("a", 5), ("b", 5), ("c", 6), ("none", None)]:
+        report = convert(str(folder), str(tmp_path / f"{name}/s-%d.tar"), ConvertOptions(shuffle_seed=seed))
+        keys[name] = [s["__key__"] for s in read_all(report.index_path)[1]]
+    assert keys["a"] == keys["b"] != keys["c"]
+    assert sorted(keys["a"]) == sorted(keys["none"]) and keys["a"] != keys["none"]
+
+
+def test_statistics_match_float64_numpy(tmp_path):
+    rng = np.random.default_rng(2)
+    images = [write_image(str(tmp_path / f"src/c{i % 2}/{i}.png"), rng, fmt="PNG") for i in range(6)]
+    report = convert(str(tmp_path / "src"), str(tmp_path / "o/s-%d.tar"))
+    stats = read_index(report.index_path)["stats"]
+    pixels = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.float64) / 255
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-6)
+    assert sum(stats["sizes"].values()) == 6
+    assert sum(stats["size_histogram"]["width"]["counts"]) == 6
+
+
+def test_manifest_with_string_labels_and_missing_file(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        write_image(str(tmp_path / f"imgs/{i}.jpg"), rng, fmt="JPEG")
+    rows = ["path,label", "imgs/0.jpg,dog", "imgs/1.jpg,cat", "imgs/2.jpg,dog", "imgs/3.jpg,bird"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    report = convert(str(tmp_path / "m.csv"), str(tmp_path / "o/s-%d.tar"))
+    index, samples = read_all(report.index_path)
+    assert index["label_map"] == {"bird": 0, "cat": 1, "dog": 2}
+    assert [int(s["cls"]) for s in samples] == [2, 1, 2, 0]
+    (tmp_path / "bad.csv").write_text("path,label\nimgs/0.jpg,1\nimgs/missing.jpg,2\n")
+    with pytest.raises(SourceError, match=r"bad\.csv line 3 .*missing\.jpg.*cannot read"):
+        convert(str(tmp_path / "bad.csv"), str(tmp_path / "o2/s-%d.tar"))
+    report = convert(str(tmp_path / "bad.csv"), str(tmp_path / "o3/s-%d.tar"), ConvertOptions(drop_corrupt=True))
+    assert report.written == 1 and "missing.jpg" in report.skipped[0]["source"]
+
+
+def test_jsonl_manifest_and_integer_label_rule(tmp_path):
+    rng = np.random.default_rng(4)
+    write_image(str(tmp_path / "a.png"), rng, fmt="PNG")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.png", "label": 3}\n{"path": "a.png", "label": "x"}\n')
+    with pytest.raises(SourceError, match="line 2: label 'x' is not an integer"):
+        convert(str(tmp_path / "m.jsonl"), str(tmp_path / "o/s-%d.tar"), int_labels=True)
+    (tmp_path / "ok.jsonl").write_text('{"path": "a.png", "label": 3}\n')
+    index, samples = read_all(convert(str(tmp_path / "ok.jsonl"), str(tmp_path / "o/s-%d.tar")).index_path)
+    assert samples[0]["cls"] == b"3" and index["label_map"] is None
+
+
+def test_arrays_become_npy_samples(tmp_path):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, 9)
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+    index, samples = read_all(convert(str(tmp_path / "d.npz"), str(tmp_path / "o/s-%d.tar")).index_path)
+    assert len(samples) == 9
+    for sample, image, label in zip(samples, images, labels, strict=True):
+        assert np.array_equal(np.load(io.BytesIO(sample["npy"])), image) and int(sample["cls"]) == label
+
+
+def test_reencode_and_raw(folder, tmp_path):
+    opts = ConvertOptions(prepare=PrepareOptions(max_side=24, quality=80))
+    _, samples = read_all(convert(str(folder), str(tmp_path / "re/s-%d.tar"), opts).index_path)
+    for s in samples:
+        image = Image.open(io.BytesIO(s["jpg"]))
+        assert image.format == "JPEG" and max(image.size) <= 24 and set(s) == {"__key__", "__url__", "jpg", "cls"}
+    raw = ConvertOptions(prepare=PrepareOptions(raw=True))
+    _, samples = read_all(convert(str(folder), str(tmp_path / "raw/s-%d.tar"), raw).index_path)
+    reference = ImageFolder(str(folder))
+    for s, (path, _) in zip(samples, reference.samples, strict=True):
+        assert np.array_equal(np.load(io.BytesIO(s["npy"])), np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_dedupe_and_corrupt_images(folder, tmp_path):
+    (folder / "ant" / "copy.jpg").write_bytes((folder / "ant" / "img.0.jpg").read_bytes())
+    good = (folder / "zebra" / "img.0.jpg").read_bytes()
+    (folder / "zebra" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "zebra" / "garbage.png").write_bytes(b"not a png at all")
+    with pytest.raises(SourceError, match="broken.jpg: not a readable image: image file is truncated"):
+        convert(str(folder), str(tmp_path / "a/s-%d.tar"))
+    opts = ConvertOptions(drop_corrupt=True, dedupe=True, prepare=PrepareOptions(check_decode=True))
+    report = convert(str(folder), str(tmp_path / "b/s-%d.tar"), opts)
+    assert sorted(os.path.basename(s["source"]) for s in report.skipped) == ["broken.jpg", "garbage.png"]
+    assert [(d["key"], d["duplicate_of"]) for d in report.duplicates] == [("ant/img_0", "ant/copy")]
+    assert report.written == 16
+
+
+def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, monkeypatch):
+    opts = ConvertOptions(maxcount=3, shuffle_seed=1, dedupe=True, drop_corrupt=True)
+    clean = convert(str(folder), str(tmp_path / "clean/s-%03d.tar"), opts)
+    real = prepare_mod.prepare_item
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("fastdata.convert.prepare_item", dying)
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
+    assert sorted(os.listdir(tmp_path / "cut")) == ["s-000.tar", "s-001.tar", "s-002.tar", "s.index.json.partial",
+                                                    "s.index.json.partial.digests"]
+    monkeypatch.setattr("fastdata.convert.prepare_item", real)
+    resumed = convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
+    assert resumed.resumed_from == 9
+    assert [s["sha256"] for s in resumed.shards] == [s["sha256"] for s in clean.shards]
+    a, b = read_index(clean.index_path), read_index(resumed.index_path)
+    assert a["stats"] == b["stats"] and a["shards"] == b["shards"]
+    assert sorted(os.listdir(tmp_path / "cut")) == sorted(os.listdir(tmp_path / "clean"))
+    with pytest.raises(Exception, match="other options"):
+        monkeypatch.setattr("fastdata.convert.prepare_item", dying)
+        calls["n"] = 0
+        with pytest.raises(KeyboardInterrupt):
+            convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), opts)
+        convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), ConvertOptions(maxcount=4))
+
+
+def test_cli_convert_and_verify(folder, tmp_path, capsys):
+    pattern = str(tmp_path / "cli/train-%06d.tar")
+    assert main(["convert", str(folder), pattern, "--maxcount", "5", "-j", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 16 samples in 4 shards" in out and "train.index.json" in out
+    assert main(["verify", str(tmp_path / "cli/train.index.json")]) == 0
+    assert "OK: 16 samples checked" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "nothing"), pattern]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert json.loads((tmp_path / "cli/train.index.json").read_text())["num_samples"] == 16
