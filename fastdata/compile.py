@@ -79,12 +79,16 @@ def compile_folder(
         reasons.append(f"collate_fn={getattr(collate_fn, '__name__', collate_fn)!r}")
     if reasons:
         return None, reasons
-    from fastdata.transforms import from_torchvision
+    from fastdata.transforms import PlanError, from_torchvision
 
     pipeline, unsupported = from_torchvision(dataset.transform)
     if unsupported:
         return None, [str(name) for name in unsupported]
-    plan = pipeline.plan()
+    try:
+        plan = pipeline.plan()
+        plan.sample_shape  # noqa: B018 (raises when the output size is not fixed)
+    except PlanError as exc:
+        return None, [f"the pipeline as a whole: {exc}"]
     names = [type(t).__name__ for t in getattr(pipeline, "transforms", [pipeline])]
     return CompiledFolder(plan, dataset.samples, dataset.target_transform, names), []
 
