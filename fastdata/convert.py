@@ -48,7 +48,7 @@ class ConvertOptions:
     shuffle_seed: int | None = None
     drop_corrupt: bool = False
     dedupe: bool = False
-    stats_samples: int = 1000
+    stats_samples: int = 500
     prepare: PrepareOptions = field(default_factory=PrepareOptions)
 
 
@@ -85,7 +85,8 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
     fingerprint = _fingerprint(source, pattern, options)
     state = _Journal(index_path, fingerprint).restore(pattern, options)
     stride = max(1, math.ceil(len(order) / max(1, options.stats_samples)))
-    tasks = ((pos, source.items[order[pos]], pos % stride == 0) for pos in range(state.next_pos, len(order)))
+    stats_on = options.stats_samples > 0
+    tasks = ((pos, source.items[order[pos]], stats_on and pos % stride == 0) for pos in range(state.next_pos, len(order)))
     with tqdm(total=len(order), initial=state.next_pos, unit="img", desc="convert", disable=not progress,
               dynamic_ncols=True, file=sys.stderr) as bar:
         try:
@@ -276,8 +277,8 @@ def register(subparsers) -> None:
                    help="store decoded uint8 pixels (.npy) instead of compressed files: no decoding when loading")
     p.add_argument("--labels", help="labels .npy for an images .npy source")
     p.add_argument("--int-labels", action="store_true", help="require integer labels in a manifest")
-    p.add_argument("--stats-samples", type=int, default=1000,
-                   help="images decoded for the mean/std statistics (evenly spread; default 1000)")
+    p.add_argument("--stats-samples", type=int, default=500,
+                   help="images decoded for the mean/std statistics (evenly spread; 0 = none; default 500)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -1,0 +1,86 @@
+"""Conversion throughput: ``fastdata convert`` against a plain single-process conversion
+with the webdataset library's ``ShardWriter``, on the same ImageNet-like JPEG folder.
+
+Run: ``python benchmarks/bench_convert.py [--images 2000] [--repeats 5]``. Prints a
+markdown table (images/s, median/min/max of the repetitions, and the ratio to the
+webdataset baseline measured in the same run). Candidates alternate within each
+repetition so that machine drift affects them alike. Data goes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import webdataset as wds
+
+from fastdata.convert import ConvertOptions, convert
+from fastdata.sample_data import make_image_folder
+from fastdata.sources import ImageFolderSource
+
+
+def webdataset_baseline(src: str, out: str) -> int:
+    """The straightforward conversion: read each file, write it with wds.ShardWriter."""
+    source = ImageFolderSource(src)
+    with wds.ShardWriter(os.path.join(out, "s-%06d.tar"), maxcount=10_000, verbose=0) as sink:
+        for item in source.items:
+            with open(os.path.join(src, str(item.ref)), "rb") as f:
+                sink.write({"__key__": item.key, "jpg": f.read(), "cls": item.label})
+    return len(source.items)
+
+
+def fastdata_candidate(workers: int, stats_samples: int):
+    def run(src: str, out: str) -> int:
+        options = ConvertOptions(workers=workers, stats_samples=stats_samples)
+        return convert(src, os.path.join(out, "s-%06d.tar"), options).written
+    return run
+
+
+def measure(candidates: dict, src: str, work: str, repeats: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name in candidates}
+    for rep in range(repeats + 1):  # the first round warms the page cache and is not counted
+        for name, run in candidates.items():
+            out = tempfile.mkdtemp(dir=work)
+            start = time.perf_counter()
+            count = run(src, out)
+            seconds = time.perf_counter() - start
+            shutil.rmtree(out)
+            if rep:
+                rates[name].append(count / seconds)
+    return rates
+
+
+def table(rates: dict[str, list[float]], baseline: str) -> str:
+    base = statistics.median(rates[baseline])
+    lines = ["| candidate | images/s (median) | min | max | ratio to webdataset |", "|---|---|---|---|---|"]
+    for name, values in rates.items():
+        med = statistics.median(values)
+        lines.append(f"| {name} | {med:,.0f} | {min(values):,.0f} | {max(values):,.0f} | {med / base:.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fastdata-bench-convert-") as work:
+        src = os.path.join(work, "photos")
+        make_image_folder(src, n_per_class=max(1, args.images // 10))
+        candidates = {
+            "webdataset ShardWriter, 1 process": webdataset_baseline,
+            "fastdata convert -j 1 (default stats)": fastdata_candidate(1, 500),
+            "fastdata convert -j 2 (default stats)": fastdata_candidate(2, 500),
+            "fastdata convert -j 2 --stats-samples 0": fastdata_candidate(2, 0),
+        }
+        result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process")
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
