@@ -117,7 +117,8 @@ def _decode_jpeg(data: bytes, reduce_to: tuple[int, int] | None) -> np.ndarray:
     if reduce_to is not None:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         if height < 2 * min_h or width < 2 * min_w:
-            factor = 1.0  # no 1/2 scaling possible: decode at full size
+            # No 1/2 scaling possible; M/8 scalings above 1/2 are slower than a full decode.
+            factor, min_h, min_w = 1.0, 0, 0
     return simplejpeg.decode_jpeg(
         data,
         colorspace="RGB",

@@ -26,6 +26,16 @@ from fastdata.errors import FastdataError
 
 PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 
+# NOTE [ DCT scaling margin ]
+# libjpeg's DCT scaling is a sharper low-pass than torchvision's antialiased triangle
+# filter. Decoding at exactly the output scale (a 2x shrink done wholly by the DCT)
+# differed from torchvision by more than 2/255 on 8-30% of values of real photographs;
+# keeping at least a 2x shrink for our filter after the DCT scaling (so a 1/2 decode
+# needs a 4x total shrink) kept every Resize(256) -> CenterCrop(224) value within 1/255
+# and mostly within 2/255 at larger shrinks. The decoded image is therefore at least
+# DCT_MARGIN times the size the resize needs.
+DCT_MARGIN = 2.0
+
 
 class PlanError(FastdataError):
     """A pipeline cannot be compiled into one per-sample pass (see NOTE [ What one pass can express ])."""
@@ -161,18 +171,27 @@ class Geometry:
             self.rows[a] = self._ensure_rows(a)[::-1].copy()
 
     def reducible(self) -> tuple[int, int] | None:
-        """Minimum decoded ``(height, width)`` that keeps the resize a shrink of 2x or more, or None."""
+        """Minimum decoded ``(height, width)`` for DCT scaling, or None (NOTE [ DCT scaling margin ])."""
         if self.resized is None or self.kind == 0 or not self.antialias:
             return None
         shrink = [self.length[a] / self.resized[a] for a in (0, 1)]
-        if min(shrink) < 2.0:
+        if min(shrink) < 2.0 * DCT_MARGIN:
             return None
-        return tuple(math.ceil(self.source[a] / shrink[a]) for a in (0, 1))
+        return tuple(math.ceil(self.source[a] / shrink[a] * DCT_MARGIN) for a in (0, 1))
 
     def rescale(self, height: int, width: int) -> None:
-        """Express the source region in a source decoded at ``(height, width)`` instead."""
+        """Express the source region in a source decoded at ``(height, width)`` instead.
+
+        libjpeg scales by ``M/8`` and rounds the size up, so the factor is ``M/8`` (found
+        from the sizes), not ``height / source height``.
+        """
+        fits = [
+            m for m in range(1, 17)
+            if all(-(-self.source[a] * m // 8) == new for a, new in enumerate((height, width)))
+        ]
+        factors = [m / 8 for m in fits[:1]] or [height / self.source[0], width / self.source[1]]
         for a, new in enumerate((height, width)):
-            f = new / self.source[a]
+            f = factors[min(a, len(factors) - 1)]
             self.lo[a] *= f
             self.length[a] *= f
         self.source = (int(height), int(width))

@@ -1,0 +1,95 @@
+"""Decoding: pixels against Pillow, colour modes, DCT scaling, typed errors on bad bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastdata.decode import decode_image, image_format, image_size
+from fastdata.errors import DecodeError
+
+
+def _encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _photo(h=120, w=160, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], -1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_jpeg_matches_pillow_exactly():
+    data = _encode(_photo(), "JPEG", quality=90)
+    ours = decode_image(data)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert ours.dtype == np.uint8 and ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_png_modes_become_rgb(mode):
+    rgb = _photo(37, 53, seed=1)
+    img = Image.fromarray(rgb).convert(mode)
+    data = _encode(np.asarray(img), "PNG") if mode != "P" else _save(img, "PNG")
+    ours = decode_image(data)
+    assert ours.shape == (37, 53, 3)
+    np.testing.assert_array_equal(ours, np.asarray(img.convert("RGB")))
+
+
+def _save(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_grayscale_jpeg_is_replicated():
+    gray = _photo(64, 48)[:, :, 0]
+    ours = decode_image(_encode(gray, "JPEG", quality=95))
+    assert ours.shape == (64, 48, 3)
+    np.testing.assert_array_equal(ours[:, :, 0], ours[:, :, 2])
+
+
+def test_webp_decodes():
+    rgb = _photo(40, 30)
+    data = _encode(rgb, "WEBP", lossless=True)
+    assert image_format(data) == "webp"
+    np.testing.assert_array_equal(decode_image(data), rgb)
+
+
+def test_dct_scaling_respects_minimum_and_halves():
+    data = _encode(_photo(400, 352), "JPEG", quality=90)
+    assert image_size(data) == (400, 352)
+    reduced = decode_image(data, reduce_to=(100, 80))
+    assert reduced.shape[0] >= 100 and reduced.shape[1] >= 80
+    assert reduced.shape[:2] == (100, 88)  # 1/4 is the largest factor that keeps both minimums
+    full = decode_image(data).astype(np.float64)
+    pooled = full.reshape(100, 4, 88, 4, 3).mean((1, 3))
+    assert np.abs(pooled - reduced).mean() < 4.0
+
+
+def test_reduce_to_that_cannot_halve_decodes_full_size():
+    data = _encode(_photo(50, 60), "JPEG")
+    assert decode_image(data, reduce_to=(40, 40)).shape == (50, 60, 3)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_and_corrupt_raise_typed_error_naming_sample(fmt):
+    data = _encode(_photo(), fmt)
+    for bad in (data[: len(data) // 2], b"\x00" * 10 + data[10:], b"not an image"):
+        with pytest.raises(DecodeError) as info:
+            decode_image(bad, url="shard-000.tar", key="s0042", field="jpg")
+        err = info.value
+        assert (err.url, err.key, err.field) == ("shard-000.tar", "s0042", "jpg")
+        assert "s0042" in str(err) and err.__cause__ is not None
+
+
+def test_non_bytes_is_a_type_error():
+    with pytest.raises(TypeError):
+        decode_image(np.zeros(3))
