@@ -1,0 +1,495 @@
+"""A minimal trainer: one visible loop, evaluation, checkpoints, and ``fastdata train``.
+
+``fit`` trains any ``nn.Module`` classifier on any iterable of ``(images, labels)`` batches
+(torch's DataLoader, fastdata's DataLoader, a list). Images may be float tensors ready for the
+model, or uint8 tensors (NCHW, or NHWC with 1 or 3 channels) that are converted and normalised
+on the device, after the transfer, as DESIGN.md's data flow wants.
+
+NOTE [ Prefetch and the data-wait share ]
+CUDA runs kernels asynchronously: once the forward pass is queued, the host is free, and the
+loop uses that moment to fetch the next batch and start its non-blocking copy. The time spent
+inside that fetch is the time the step waited for data; divided by the wall time of the epoch
+it gives the data-wait share. Near 0 the model is the bottleneck; near 1 the loader is. The
+loop synchronises with the device only every ``log_every`` steps (reading the loss) and at the
+end of the epoch, so the wall time is not inflated by needless synchronisation.
+
+NOTE [ Exact resume ]
+A checkpoint is written after each epoch (after evaluation) with the model, optimiser,
+scheduler, grad scaler, the random states of torch, NumPy and Python, and the train loader's
+``state_dict()`` if it has one. The loader's shuffle (torch's samplers draw their seed from
+the global torch generator) and every random transform therefore replay exactly: training
+E epochs, or K epochs then resuming for E - K, gives the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastdata.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from fastdata.errors import FastdataError, SourceError
+from fastdata.metrics import ClassificationReport, classification_report, confusion_matrix
+from fastdata.models import make_optimizer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns.
+
+    Attributes:
+        history: one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``lr``,
+            ``samples``, ``seconds``, ``samples_per_sec``, ``data_wait_share`` and, with a
+            validation loader, ``val_loss``, ``val_accuracy``, ``val_macro_precision``,
+            ``val_macro_recall``, ``val_macro_f1``.
+        steps: ``{"step", "epoch", "loss"}`` every ``log_every`` steps (mean loss since the
+            previous entry).
+        report: the last validation report, or None without a validation loader.
+        checkpoint: path of the last checkpoint written, if any.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    report: ClassificationReport | None = None
+    checkpoint: str | None = None
+
+    @property
+    def samples_per_sec(self) -> float:
+        """Training throughput over all epochs of the history."""
+        seconds = sum(h["seconds"] for h in self.history)
+        return sum(h["samples"] for h in self.history) / seconds if seconds else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        """Share of training wall time spent waiting for data, over all epochs."""
+        seconds = sum(h["seconds"] for h in self.history)
+        wait = sum(h["data_wait_share"] * h["seconds"] for h in self.history)
+        return wait / seconds if seconds else 0.0
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Returns ``device``, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_model_input(
+    images: torch.Tensor,
+    device: torch.device,
+    channels_last: bool,
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None,
+) -> torch.Tensor:
+    """Moves a batch of images to ``device``; uint8 batches become normalised float32 there."""
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a view)
+        images = images.float().div_(255)
+        if normalize is not None:
+            mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
+            std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
+            images = images.sub_(mean).div_(std)
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def _fetch(batches: Iterator, prepare) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
+    """Returns the next prepared ``(images, labels)`` batch (None at the end) and the wait."""
+    start = time.perf_counter()
+    try:
+        images, labels = next(batches)[:2]
+    except StopIteration:
+        return None, time.perf_counter() - start
+    labels = torch.as_tensor(labels).to(prepare.device, non_blocking=True).long()
+    return (prepare(images), labels), time.perf_counter() - start
+
+
+class _Prepare:
+    """Callable moving image batches to the device (see ``to_model_input``)."""
+
+    def __init__(self, device: torch.device, channels_last: bool, normalize) -> None:
+        self.device, self.channels_last, self.normalize = device, channels_last, normalize
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_input(images, self.device, self.channels_last, self.normalize)
+
+
+def _autocast(device: torch.device, amp: bool):
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    normalize: tuple | None = None,
+) -> ClassificationReport:
+    """Evaluates a classifier: loss, accuracy, per-class and macro P/R/F1, confusion matrix."""
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    prepare = _Prepare(device, cuda if channels_last is None else channels_last, normalize)
+    model.eval()
+    confusion, loss_sum, count = None, torch.zeros((), device=device), 0
+    batches = iter(loader)
+    batch, _ = _fetch(batches, prepare)
+    while batch is not None:
+        images, labels = batch
+        with _autocast(device, cuda if amp is None else amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        count += labels.numel()
+        c = logits.shape[1]
+        pairs = torch.bincount(labels * c + logits.argmax(1), minlength=c * c)
+        confusion = pairs if confusion is None else confusion + pairs
+        batch, _ = _fetch(batches, prepare)
+    if confusion is None:
+        raise FastdataError("the validation loader yielded no batch")
+    c = int(round(confusion.numel() ** 0.5))
+    cm = confusion.reshape(c, c).cpu().numpy()
+    return classification_report(cm, loss=float(loss_sum) / count)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    val_loader: Iterable | None = None,
+    epochs: int = 1,
+    lr: float = 0.1,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    scheduler: str | None = "cosine",
+    label_smoothing: float = 0.0,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    normalize: tuple | None = None,
+    steps_per_epoch: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    seed: int | None = None,
+    log_every: int = 20,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains a classifier with cross-entropy; evaluates and checkpoints after each epoch.
+
+    Args:
+        model: any classifier returning logits ``(N, classes)``.
+        train_loader: iterable of ``(images, labels)`` batches, re-iterated each epoch.
+        val_loader: optional iterable of validation batches.
+        epochs: total number of epochs (a resumed run continues up to this number).
+        lr, optimizer, weight_decay, momentum: see ``fastdata.models.make_optimizer``; the
+            optimiser covers the trainable parameters only.
+        scheduler: ``"cosine"`` (per epoch, down to 0 at ``epochs``) or None (constant).
+        label_smoothing: cross-entropy label smoothing.
+        device: default CUDA if available, else CPU.
+        amp: autocast (bfloat16, or float16 with a grad scaler); default on for CUDA.
+        channels_last: channels-last memory format; default on for CUDA.
+        normalize: ``(mean, std)`` applied to uint8 batches on the device, after scaling to
+            [0, 1]; float batches are used as they are.
+        steps_per_epoch: stop each epoch after this many steps (a short run).
+        checkpoint_dir: if set, ``last.pt`` is written there after every epoch.
+        resume: a checkpoint to continue from (see NOTE [ Exact resume ]).
+        seed: seeds torch, NumPy and Python's generators at the start (not when resuming).
+        log_every: steps between loss readings (each one synchronises with the device).
+        progress: show a progress bar.
+    """
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp
+    channels_last = cuda if channels_last is None else channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if scheduler else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and cuda and not _bf16(device))
+    prepare = _Prepare(device, channels_last, normalize)
+    result = TrainResult()
+    if resume is not None:
+        result.history, result.steps = load_checkpoint(
+            resume, model, opt, sched, scaler, train_loader
+        )
+    elif seed is not None:
+        seed_everything(seed)
+    step = result.steps[-1]["step"] if result.steps else 0
+    for epoch in range(len(result.history), epochs):
+        model.train()
+        total = _length(train_loader, steps_per_epoch)
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        logged_loss, logged_samples, samples, wait, n = 0.0, 0, 0, 0.0, 0
+        start = time.perf_counter()
+        batches = iter(train_loader)
+        batch, waited = _fetch(batches, prepare)
+        wait += waited
+        while batch is not None:
+            images, labels = batch
+            with _autocast(device, amp):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            # Fetch the next batch while the device computes (NOTE [ Prefetch and the ...]).
+            n += 1
+            batch, waited = (None, 0.0) if n == steps_per_epoch else _fetch(batches, prepare)
+            wait += waited
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
+            samples += labels.numel()
+            step += 1
+            if step % log_every == 0 or batch is None:
+                seen = float(loss_sum)  # synchronises with the device
+                result.steps.append(
+                    {"step": step, "epoch": epoch + (n / total if total else 1.0),
+                     "loss": (seen - logged_loss) / max(samples - logged_samples, 1)}
+                )  # fmt: skip
+                logged_loss, logged_samples = seen, samples
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{result.steps[-1]['loss']:.3f}",
+                                sps=f"{samples / elapsed:.0f}", wait=f"{wait / elapsed:.0%}")  # fmt: skip
+            bar.update(1)
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / max(samples, 1),
+            "train_accuracy": float(correct) / max(samples, 1),
+            "samples": samples,
+            "seconds": seconds,
+            "samples_per_sec": samples / seconds if seconds else 0.0,
+            "data_wait_share": wait / seconds if seconds else 0.0,
+        }
+        if sched is not None:
+            sched.step()
+        if val_loader is not None:
+            result.report = evaluate(model, val_loader, device=device, amp=amp,
+                                     channels_last=channels_last, normalize=normalize)  # fmt: skip
+            record.update(_val_record(result.report))
+        result.history.append(record)
+        if checkpoint_dir is not None:
+            result.checkpoint = save_checkpoint(
+                Path(checkpoint_dir) / "last.pt",
+                model,
+                opt,
+                sched,
+                scaler,
+                train_loader,
+                result.history,
+                result.steps,
+            )
+    return result
+
+
+def _bf16(device: torch.device) -> bool:
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def _length(loader: Iterable, steps_per_epoch: int | None) -> int | None:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return steps_per_epoch
+    return min(n, steps_per_epoch) if steps_per_epoch else n
+
+
+def _val_record(report: ClassificationReport) -> dict:
+    return {
+        "val_loss": report.loss,
+        "val_accuracy": report.accuracy,
+        "val_macro_precision": report.macro_precision,
+        "val_macro_recall": report.macro_recall,
+        "val_macro_f1": report.macro_f1,
+    }
+
+
+def make_loaders(
+    train: str | os.PathLike,
+    val: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 64,
+    image_size: int = 224,
+    workers: int = 2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[Iterable, Iterable, list[str]]:
+    """Builds the train and validation loaders of ``fastdata train``.
+
+    Reads an ImageFolder directory (``root/<class>/<image>``) with torchvision's ImageFolder,
+    RandomResizedCrop + flip for training and resize + centre crop for validation, and
+    torch's DataLoader. Batches hold uint8 images, normalised on the device by ``fit``.
+
+    Args:
+        train: the training folder, or a folder with ``train/`` and ``val/`` sub-folders.
+        val: the validation folder; without one, a seeded ``val_fraction`` of ``train``.
+        batch_size, workers: DataLoader arguments.
+        image_size: side of the square crops.
+        val_fraction: share of ``train`` held out when there is no validation folder.
+        seed: seed of that split.
+
+    Returns:
+        ``(train_loader, val_loader, class_names)``.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    root = Path(train)
+    if val is None and (root / "train").is_dir() and (root / "val").is_dir():
+        root, val = root / "train", root / "val"
+    if not root.is_dir():
+        raise SourceError(str(root), "is not an image folder (root/<class>/<image>.jpg)")
+    train_tf = T.Compose(
+        [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.PILToTensor()]
+    )
+    val_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.PILToTensor()])  # fmt: skip
+    train_set = datasets.ImageFolder(str(root), train_tf)
+    classes = train_set.classes
+    if val is not None:
+        val_set = datasets.ImageFolder(str(val), val_tf)
+        if val_set.classes != classes:
+            raise SourceError(str(val), f"has classes {val_set.classes}, train has {classes}")
+    else:
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, round(len(train_set) * val_fraction))
+        val_set = Subset(datasets.ImageFolder(str(root), val_tf), order[:n_val].tolist())
+        train_set = Subset(train_set, order[n_val:].tolist())
+    common = {
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    train_loader = DataLoader(
+        train_set, shuffle=True, drop_last=len(train_set) >= batch_size, **common
+    )
+    return train_loader, DataLoader(val_set, **common), classes
+
+
+def write_report(result: TrainResult, class_names: list[str], out: str | os.PathLike) -> dict:
+    """Writes ``history.json``, ``metrics.json``, ``training.png`` and ``confusion.png``.
+
+    Returns:
+        Name -> path of the files written (``metrics`` and ``confusion`` need a validation
+        report).
+    """
+    from fastdata import viz
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"history": out / "history.json", "training_png": out / "training.png"}
+    paths["history"].write_text(
+        json.dumps({"epochs": result.history, "steps": result.steps}, indent=1)
+    )
+    viz.plot_training(result.history, paths["training_png"], steps=result.steps)
+    if result.report is not None:
+        paths["metrics"] = out / "metrics.json"
+        paths["metrics"].write_text(json.dumps(result.report.to_dict(class_names), indent=1))
+        paths["confusion_png"] = out / "confusion.png"
+        viz.plot_confusion(result.report.confusion, class_names, paths["confusion_png"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the ``fastdata train`` sub-command."""
+    p = subparsers.add_parser("train", help="train or fine-tune a torchvision classifier")
+    p.add_argument("data", help="image folder (root/<class>/<image>), or one with train/ and val/")
+    p.add_argument("--val", help="validation image folder (default: 10%% of DATA held out)")
+    p.add_argument("--model", default="resnet18", help="torchvision model name (default resnet18)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--steps-per-epoch", type=int, help="stop each epoch after this many steps")
+    p.add_argument("--checkpoint", help="local weights to start from (fine-tuning); no downloads")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    p.add_argument("--train-last", type=int, default=0, metavar="N",
+                   help="with --freeze-backbone, also train the last N blocks")  # fmt: skip
+    p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2",
+                   help="grid search, e.g. --grid lr=1e-3,3e-4 batch_size=64,128")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--out", default="fastdata-train", help="output folder (default fastdata-train)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def _model_from_args(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    from fastdata.models import build_model, freeze
+
+    model = build_model(args.model, num_classes=num_classes, checkpoint=args.checkpoint)
+    if args.freeze_backbone:
+        freeze(model, train_last=args.train_last)
+    return model
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay, "steps_per_epoch": args.steps_per_epoch,
+        "device": args.device, "normalize": (IMAGENET_MEAN, IMAGENET_STD),
+        "progress": not args.no_progress, "seed": args.seed,
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``fastdata train``; returns the exit code."""
+    from fastdata.grid import format_table, grid_search, parse_grid
+
+    out = Path(args.out)
+    loader_kw = {"batch_size": args.batch_size, "image_size": args.image_size,
+                 "workers": args.workers, "seed": args.seed}  # fmt: skip
+    train_loader, val_loader, classes = make_loaders(args.data, args.val, **loader_kw)
+    if args.grid:
+        rows = grid_search(
+            parse_grid(args.grid),
+            lambda **kw: make_loaders(args.data, args.val, **{**loader_kw, **kw})[:2],
+            lambda: _model_from_args(args, len(classes)),
+            **{**_fit_kwargs(args), "seed": args.seed},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "grid.json").write_text(json.dumps(rows, indent=1))
+        (out / "grid.md").write_text(format_table(rows) + "\n")
+        print(format_table(rows))
+        return 0
+    model = _model_from_args(args, len(classes))
+    last = out / "checkpoints" / "last.pt"
+    result = fit(model, train_loader, val_loader=val_loader, **_fit_kwargs(args),
+                 checkpoint_dir=out / "checkpoints", resume=last if args.resume else None)  # fmt: skip
+    paths = write_report(result, classes, out)
+    from fastdata.metrics import format_report
+
+    if result.report is not None:
+        print(format_report(result.report, classes))
+    print(f"{result.samples_per_sec:.1f} samples/s, {result.data_wait_share:.0%} of the time"
+          f" waiting for data; report in {paths['history'].rsplit('/', 1)[0]}")  # fmt: skip
+    return 0
