@@ -14,7 +14,8 @@ kind       decoded from                             collated into
 ``bytes``  anything                                 list of ``bytes``
 ========== ======================================== =====================================
 
-The kind defaults from the extension's last part (``cls`` → int, ``npy`` → array,
+``"__key__"`` and ``"__url__"`` deliver the sample's key and shard as text. The kind
+defaults from the extension's last part (``cls`` → int, ``npy`` → array,
 ``json`` → json, ``txt``/``text`` → text, otherwise bytes). Variable-length sequences
 (token ids for text models) are padded to the longest in the batch with ``pad_value``;
 ``mask`` is True where a position holds a real token.
@@ -63,8 +64,8 @@ def field_kinds(fields: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
     items = fields.items() if isinstance(fields, Mapping) else ((f, None) for f in fields)
     out = {}
     for ext, kind in items:
-        ext = ext.lstrip(".").lower()
-        kind = kind or _BY_SUFFIX.get(ext.rsplit(".", 1)[-1], "bytes")
+        ext = ext if ext.startswith("__") else ext.lstrip(".").lower()
+        kind = kind or ("text" if ext.startswith("__") else _BY_SUFFIX.get(ext.rsplit(".", 1)[-1], "bytes"))
         if kind not in KINDS:
             raise ValueError(f"field {ext!r}: unknown kind {kind!r}; use one of {KINDS}")
         out[ext] = kind
@@ -118,7 +119,7 @@ def decode_field(kind: str, data: bytes, *, url: str | None, key: str | None, fi
         if kind == "json":
             return json.loads(data)
         if kind == "text":
-            return bytes(data).decode("utf-8")
+            return data if isinstance(data, str) else bytes(data).decode("utf-8")
         return bytes(data)
     except (ValueError, TypeError, UnicodeDecodeError, SyntaxError, KeyError) as exc:
         raise DecodeError(url, key, field, f"cannot decode as {kind}: {exc}") from exc

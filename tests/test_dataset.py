@@ -1,0 +1,224 @@
+"""ShardDataset: split, shuffle, equal batches, fields, references (webdataset, torchvision)."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shard_fixtures import write_image_shards
+
+from fastdata import transforms as T
+from fastdata.dataset import ShardDataset
+from fastdata.fields import Padded, decode_npy
+from fastdata.sampling import Draws, assign, rank_batches, shard_order, slot_count
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def aug():
+    return T.Compose([T.RandomCrop(8, padding=2), T.RandomHorizontalFlip(),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])  # fmt: skip
+
+
+def keys_of(batches) -> list[str]:
+    return [k for b in batches for k in b[1]]
+
+
+# -- sampling: pure functions ----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), world=st.integers(1, 4), workers=st.integers(1, 4), seed=st.integers(0, 2**40),
+       epoch=st.integers(0, 5), counts=st.lists(st.integers(0, 9), min_size=40, max_size=40))  # fmt: skip
+def test_assignment_is_a_partition_of_samples(n, world, workers, seed, epoch, counts):
+    counts = counts[:n]
+    order = shard_order(n, seed=seed, epoch=epoch, shuffle=True)
+    assert sorted(order) == list(range(n))
+    stream = [(s, j) for s in order for j in range(counts[s])]  # the epoch's global sample order
+    taken = []
+    for rank in range(world):
+        for w in range(workers):
+            a = assign(order, rank=rank, world_size=world, worker=w, num_workers=workers)
+            mine = [(s, j) for s in a.shards for j in range(counts[s])]
+            kept = [x for g, x in enumerate(mine) if g % a.stride == a.phase]
+            assert len(kept) == slot_count(a, counts)
+            taken += kept
+    assert sorted(taken) == sorted(stream)
+
+
+def test_shard_order_is_seeded():
+    a = shard_order(50, seed=1, epoch=0, shuffle=True)
+    assert a == shard_order(50, seed=1, epoch=0, shuffle=True)
+    assert a != shard_order(50, seed=1, epoch=1, shuffle=True)
+    assert a != shard_order(50, seed=2, epoch=0, shuffle=True)
+    assert shard_order(5, seed=1, epoch=3, shuffle=False) == [0, 1, 2, 3, 4]
+
+
+def test_draws_are_a_pure_function_of_their_number():
+    d1, d2 = Draws(3, 1, 0, 1), Draws(3, 1, 0, 1)
+    seq = [d1.pick(t, 100) for t in range(10_000)]
+    assert [d2.pick(t, 100) for t in reversed(range(10_000))] == seq[::-1]
+    assert seq != [Draws(3, 1, 0, 2).pick(t, 100) for t in range(10_000)]
+    assert 80 < np.mean(np.bincount(seq, minlength=100)) <= 100  # roughly uniform
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_unshuffled_stream_matches_webdataset_reader(tmp_path, workers):
+    wds = pytest.importorskip("webdataset")
+    urls, _ = write_image_shards(str(tmp_path), 45, 10)
+    ds = ShardDataset(urls, transform=aug(), fields=("__key__", "cls"))
+    got = keys_of(ds.iter_batches(4, num_workers=workers))
+    ref = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+    assert sorted(got) == sorted(ref)
+    if workers <= 1:
+        assert got == ref
+
+
+def test_images_match_torchvision_on_the_same_pixels(tmp_path):
+    tv = pytest.importorskip("torchvision.transforms.v2")
+    urls, pixels = write_image_shards(str(tmp_path), 20, 6)
+    pipeline = T.Compose([T.CenterCrop(8), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    ref = tv.Compose([tv.CenterCrop(8), tv.ToDtype(torch.float32, scale=True), tv.Normalize(MEAN, STD)])
+    for images, keys, labels in ShardDataset(urls, transform=pipeline, fields=("__key__", "cls")).iter_batches(6):
+        for img, key, label in zip(images, keys, labels):
+            expect = ref(torch.from_numpy(pixels[key]).permute(2, 0, 1))
+            torch.testing.assert_close(img, expect, atol=1e-6, rtol=0)
+            assert int(label) == int(key[1:]) % 7
+
+
+def test_shuffle_is_seeded_permutation_and_changes_every_epoch(tmp_path):
+    urls, pixels = write_image_shards(str(tmp_path), 60, 7)
+
+    def epochs(seed, n=2):
+        ds = ShardDataset(urls, transform=aug(), fields=("__key__",), shuffle=True, buffer_size=16, seed=seed)
+        return [keys_of([[None, k] for (_, k) in ds.iter_batches(8, num_workers=2)]) for _ in range(n)]
+
+    e0, e1 = epochs(5)
+    assert sorted(e0) == sorted(e1) == sorted(pixels)
+    assert e0 != e1 and e0 != sorted(e0)
+    assert epochs(5) == [e0, e1]
+    assert epochs(6)[0] != e0
+
+
+@pytest.mark.parametrize("world,workers,per_shard", [(2, 2, 5), (3, 1, 4), (2, 3, 30)])
+def test_ranks_are_disjoint_cover_and_have_equal_batches(tmp_path, world, workers, per_shard):
+    urls, pixels = write_image_shards(str(tmp_path), 61, per_shard)
+    seen, lengths = [], []
+    for rank in range(world):
+        ds = ShardDataset(urls, transform=aug(), fields=("__key__",), shuffle=True, buffer_size=8,
+                          seed=1, rank=rank, world_size=world)  # fmt: skip
+        batches = list(ds.iter_batches(4, num_workers=workers))
+        lengths.append(len(batches))
+        seen.append([k for _, ks in batches for k in ks])
+    assert len(set(lengths)) == 1
+    flat = [k for s in seen for k in s]
+    assert len(flat) == len(set(flat))  # disjoint
+    assert set(flat) <= set(pixels)
+    n_shards = len(json.load(open(tmp_path / "train.index.json"))["shards"])
+    counts = [per_shard] * (n_shards - 1) + [61 - per_shard * (n_shards - 1)]
+    order = shard_order(n_shards, seed=1, epoch=0, shuffle=True)
+    expect = rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=4, drop_last=False)
+    assert lengths[0] == min(expect)
+    if len(set(expect)) == 1:  # nothing dropped: the ranks cover the epoch
+        assert set(flat) == set(pixels)
+
+
+def test_fewer_shards_than_slots_falls_back_to_striding(tmp_path):
+    urls, pixels = write_image_shards(str(tmp_path), 30, 30)  # one shard, 2 ranks x 2 workers
+    seen = []
+    for rank in range(2):
+        ds = ShardDataset(urls, transform=aug(), fields=("__key__",), rank=rank, world_size=2)
+        seen += [k for _, ks in ds.iter_batches(3, num_workers=2) for k in ks]
+    assert sorted(seen) == sorted(pixels)
+
+
+def test_raw_pixel_shards_give_the_same_batches_as_png(tmp_path):
+    png, _ = write_image_shards(str(tmp_path / "png"), 25, 8, seed=3)
+    raw, _ = write_image_shards(str(tmp_path / "raw"), 25, 8, seed=3, raw=True)
+    a = [b for b in ShardDataset(png, transform=aug(), shuffle=True, seed=2).iter_batches(5)]
+    b = [b for b in ShardDataset(raw, transform=aug(), shuffle=True, seed=2).iter_batches(5)]
+    for (ia, la), (ib, lb) in zip(a, b, strict=True):
+        torch.testing.assert_close(ia, ib, atol=0, rtol=0)
+        assert torch.equal(la, lb)
+
+
+def test_normalise_only_pipeline_on_chw_arrays(tmp_path):
+    from fastdata.writer import ShardWriter
+
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 256, (10, 3, 6, 5), dtype=np.uint8)
+    with ShardWriter(str(tmp_path / "a-%03d.tar"), maxcount=4) as sink:
+        for i, a in enumerate(arrays):
+            sink.write({"__key__": f"k{i}", "npy": a, "cls": i})
+    pipe = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    ds = ShardDataset(str(tmp_path / "a-{000..002}.tar"), transform=pipe)
+    images = torch.cat([x for x, _ in ds.iter_batches(4, num_workers=2)])
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    torch.testing.assert_close(images, (torch.from_numpy(arrays).float() / 255 - mean) / std)
+
+
+def test_non_image_fields_are_decoded_and_tokens_padded(tmp_path):
+    urls, _ = write_image_shards(str(tmp_path), 23, 6, extra=True)
+    ds = ShardDataset(urls, transform=None, fields=("__key__", "cls", "json", "txt"))
+    ds_typed = ShardDataset(urls, transform=None, fields={"tokens.npy": "tokens"})
+    n = 0
+    for (keys, cls, js, txt), (tokens,) in zip(ds.iter_batches(5), ds_typed.iter_batches(5), strict=True):
+        assert isinstance(tokens, Padded) and tokens.values.dtype == torch.int64
+        for row, key in enumerate(keys):
+            i = int(key[1:])
+            assert int(cls[row]) == i % 7 and js[row] == {"i": i, "name": key} and txt[row] == f"caption {i}"
+            length = i % 5 + 1
+            assert tokens.mask[row].sum() == length and not tokens.mask[row, length:].any()
+            assert tokens.values[row, :length].tolist() == list(range(i, i + length))
+            assert (tokens.values[row, length:] == 0).all()
+        assert tokens.values.shape[1] == max(int(k[1:]) % 5 + 1 for k in keys)
+        n += len(keys)
+    assert n == 23
+
+
+def test_variable_length_arrays_without_tokens_kind_say_how_to_fix(tmp_path):
+    urls, _ = write_image_shards(str(tmp_path), 10, 5, extra=True)
+    with pytest.raises(ValueError, match="tokens"):
+        list(ShardDataset(urls, fields=("tokens.npy",)).iter_batches(5))
+
+
+def test_decode_npy_matches_numpy(tmp_path):
+    import io
+
+    for arr in [np.arange(12, dtype=np.int16).reshape(3, 4), np.zeros((2, 3), order="F"), np.float32(3.5) * np.ones(())]:
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        np.testing.assert_array_equal(decode_npy(buf.getvalue()), arr)
+
+
+def test_torch_dataloader_gets_single_samples_split_by_worker(tmp_path):
+    urls, pixels = write_image_shards(str(tmp_path), 40, 5)
+    ds = ShardDataset(urls, transform=aug(), fields=("__key__", "cls"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="spawn")
+    seen = collections.Counter(k for _, keys, _ in loader for k in keys)
+    assert set(seen) == set(pixels) and set(seen.values()) == {1}
+
+
+def test_fastdata_dataloader_uses_the_stream(tmp_path):
+    import inspect
+
+    import fastdata.loader
+
+    if "__fastdata_iter__" not in inspect.getsource(fastdata.loader):
+        pytest.skip("fastdata.DataLoader does not call ShardDataset.__fastdata_iter__ yet")
+    urls, _ = write_image_shards(str(tmp_path), 30, 5)
+    ds = ShardDataset(urls, transform=aug(), shuffle=True, seed=4)
+    loader = fastdata.loader.DataLoader(ds, batch_size=8, num_workers=2)
+    direct = list(ShardDataset(urls, transform=aug(), shuffle=True, seed=4).iter_batches(8, num_workers=2))
+    got = list(loader)
+    assert len(got) == len(direct)
+    for (a, la), (b, lb) in zip(got, direct):
+        assert torch.equal(a, b) and torch.equal(la, lb)
