@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -77,6 +77,7 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
         SourceError: a sample cannot be read or decoded and ``drop_corrupt`` is off.
     """
     start = time.perf_counter()
+    options = replace(options, prepare=replace(options.prepare, digest=options.dedupe))
     source = open_source(src, labels_path=labels_path, int_labels=int_labels)
     order = list(range(len(source.items)))
     if options.shuffle_seed is not None:

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from fastdata.sources import Item
@@ -31,12 +32,14 @@ class PrepareOptions:
         quality: JPEG quality of re-encoded images; setting it re-encodes every image.
         raw: store decoded uint8 HWC RGB pixels as ``.npy`` instead of compressed bytes.
         check_decode: decode every image fully (needed to detect truncated files).
+        digest: compute a content digest of every sample (for de-duplication).
     """
 
     max_side: int | None = None
     quality: int | None = None
     raw: bool = False
     check_decode: bool = False
+    digest: bool = False
 
     @property
     def reencode(self) -> bool:
@@ -90,8 +93,12 @@ def prepare_item(source, item: Item, ordinal: int, options: PrepareOptions, with
     return result
 
 
+def _digest(data: bytes, options: PrepareOptions) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest() if options.digest else ""
+
+
 def _prepare_array(image: np.ndarray, options: PrepareOptions, with_stats: bool) -> Prepared:
-    digest = hashlib.blake2b(repr(image.shape).encode() + image.tobytes(), digest_size=16).hexdigest()
+    digest = _digest(repr(image.shape).encode() + image.tobytes(), options)
     height, width = image.shape[:2]
     if options.reencode:
         pil = _resize(_to_rgb(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), options)
@@ -104,16 +111,21 @@ def _prepare_array(image: np.ndarray, options: PrepareOptions, with_stats: bool)
 
 
 def _prepare_bytes(ext: str, data: bytes, options: PrepareOptions, with_stats: bool) -> Prepared:
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    digest = _digest(data, options)
+    transform = options.reencode or options.raw
+    if not transform and simplejpeg.is_jpeg(data):
+        try:
+            return _prepare_jpeg(ext, data, digest, options, with_stats)
+        except ValueError:
+            pass  # a JPEG flavour libjpeg-turbo's RGB path rejects (CMYK...): Pillow decides
     pil = Image.open(io.BytesIO(data))
     size = pil.size
-    decode = options.check_decode or options.reencode or options.raw or with_stats
-    if not decode:
+    if not (options.check_decode or transform or with_stats):
         return Prepared(0, {ext: data}, digest, size)
     pil.load()
     rgb = _to_rgb(pil)
     sums = _pixel_sums(np.asarray(rgb)) if with_stats else None
-    if options.reencode or options.raw:
+    if transform:
         rgb = _resize(rgb, options)
         size = rgb.size
         stored = {"npy": encode_value("", "npy", np.asarray(rgb))} if options.raw else {
@@ -121,6 +133,17 @@ def _prepare_bytes(ext: str, data: bytes, options: PrepareOptions, with_stats: b
         }
         return Prepared(0, stored, digest, size, sums)
     return Prepared(0, {ext: data}, digest, size, sums)
+
+
+def _prepare_jpeg(ext: str, data: bytes, digest: str, options: PrepareOptions, with_stats: bool) -> Prepared:
+    """JPEG stored as it is: header and decoding through libjpeg-turbo (simplejpeg), which
+    is several times faster than Pillow's Python-level marker parsing."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    sums = None
+    if options.check_decode or with_stats:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        sums = _pixel_sums(pixels) if with_stats else None
+    return Prepared(0, {ext: data}, digest, (width, height), sums)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -74,10 +74,12 @@ class ImageFolderSource:
         self.label_map = {name: i for i, name in enumerate(classes)}
         items = []
         for name in classes:
-            for dirpath, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
+            top = os.path.join(root, name)
+            for dirpath, _, files in sorted(os.walk(top, followlinks=True)):
+                folder = name + dirpath[len(top):]
                 for fname in sorted(files):
                     if fname.lower().endswith(IMAGE_EXTENSIONS):
-                        rel = os.path.relpath(os.path.join(dirpath, fname), root)
+                        rel = f"{folder}/{fname}"
                         items.append(Item(make_key(rel), rel, self.label_map[name]))
         if not items:
             raise SourceError(root, f"no image files found (extensions {', '.join(IMAGE_EXTENSIONS)})")

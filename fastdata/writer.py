@@ -81,6 +81,26 @@ def check_key(key: Any) -> str:
     return key
 
 
+def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
+    """The tar header block(s) of a regular file (mode 0444, owner 0, fixed mtime).
+
+    Short ASCII names get a plain ustar header built directly; longer names, non-ASCII
+    names and huge sizes go through ``tarfile``'s pax encoding.
+    """
+    raw = name.encode("utf-8", errors="surrogateescape")
+    if len(raw) > 100 or not name.isascii() or size >= 8**11:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o444
+        return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+    header = bytearray(
+        raw.ljust(100, b"\0") + b"0000444\0" + b"0000000\0" + b"0000000\0"
+        + b"%011o\0" % size + b"%011o\0" % mtime + b" " * 8 + b"0" + b"\0" * 100
+        + b"ustar\x0000" + b"\0" * 247
+    )
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
 class TarShard:
     """One tar file being written under a temporary name; ``finish`` renames it."""
 
@@ -99,11 +119,7 @@ class TarShard:
         self.size += len(data)
 
     def add_file(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = self.mtime
-        info.mode = 0o444
-        self._put(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
+        self._put(tar_header(name, len(data), self.mtime))
         self._put(data)
         pad = -len(data) % tarfile.BLOCKSIZE
         if pad:
