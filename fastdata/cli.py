@@ -18,6 +18,8 @@ COMMANDS = {
     "verify": "fastdata.verify",
     "sample-data": "fastdata.sample_data",
     "train": "fastdata.train",
+    "show": "fastdata.gallery",
+    "stats": "fastdata.gallery",
 }
 # Kept for modules that register themselves by module name.
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
