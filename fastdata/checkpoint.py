@@ -8,6 +8,7 @@ and the run's history. See NOTE [ Exact resume ] in ``fastdata/train.py``.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def load_checkpoint(
 ) -> tuple[list[dict], list[dict]]:
     """Restores a checkpoint written by ``save_checkpoint`` into the given objects.
 
+    A training checkpoint is a pickle (it holds the random states and the loader's state):
+    load only files you trust. Weights alone load safely with ``fastdata.models``.
+
     Also restores the random states and, if both have one, the loader's state.
 
     Returns:
@@ -88,7 +92,7 @@ def load_checkpoint(
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise SourceError(str(path), f"cannot read the checkpoint: {exc}") from exc
     if not isinstance(state, dict) or "optimizer" not in state:
         raise SourceError(str(path), "is not a training checkpoint; use build_model(checkpoint=)")

@@ -1,4 +1,4 @@
-"""Classification metrics computed from a confusion matrix.
+"""Classification metrics computed from a confusion matrix, and ``evaluate``.
 
 The conventions are scikit-learn's: rows of the confusion matrix are true classes, columns
 predicted classes; a precision or recall whose denominator is zero counts as 0; macro averages
@@ -8,11 +8,16 @@ mean of the per-class F1 scores, not the F1 of the macro precision and recall.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdata.errors import FastdataError
+from fastdata.feed import Feed
 
 
 def confusion_matrix(
@@ -130,3 +135,38 @@ def format_report(report: ClassificationReport, class_names: Sequence[str] | Non
     )
     lines.append(f"{'accuracy':<{width}} {'':>9} {'':>9} {report.accuracy:9.3f} {total:9d}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, feed: Feed | None = None) -> ClassificationReport:
+    """Evaluates a classifier on a loader: loss, accuracy, P/R/F1, confusion matrix.
+
+    Args:
+        model: a classifier returning logits ``(N, classes)``; put in eval mode.
+        loader: iterable of ``(images, labels)`` batches.
+        feed: how batches reach the model (default ``Feed()``: CUDA if available).
+
+    Raises:
+        FastdataError: the loader yields no batch.
+    """
+    feed = feed or Feed()
+    model.eval()
+    confusion, loss_sum, count = None, torch.zeros((), device=feed.device), 0
+    batches = iter(loader)
+    batch, _ = feed.next(batches)
+    while batch is not None:
+        images, labels = batch
+        with feed.autocast():
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        count += labels.numel()
+        c = logits.shape[1]
+        pairs = torch.bincount(labels * c + logits.argmax(1), minlength=c * c)
+        confusion = pairs if confusion is None else confusion + pairs
+        batch, _ = feed.next(batches)
+    if confusion is None:
+        raise FastdataError("the validation loader yielded no batch; check its dataset")
+    c = logits.shape[1]
+    return classification_report(
+        confusion.reshape(c, c).cpu().numpy(), loss=float(loss_sum) / count
+    )

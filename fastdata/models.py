@@ -19,6 +19,7 @@ weights, which is what ``freeze`` controls, do not change.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 
 import torch
@@ -63,7 +64,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a model state dict from a plain state-dict file or a fastdata checkpoint."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise SourceError(str(path), f"cannot read the checkpoint: {exc}") from exc
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]

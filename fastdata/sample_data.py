@@ -229,6 +229,6 @@ def run(args: argparse.Namespace) -> int:
                 args.out, n_per_class=args.per_class, seed=args.seed, quality=args.quality
             )
         }
-    for split, info in infos.items():
+    for info in infos.values():
         print(f"{info['root']}: {info['num_samples']} images, {len(info['classes'])} classes")
     return 0

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from fastdata.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from fastdata.errors import FastdataError, SourceError
-from fastdata.metrics import ClassificationReport, classification_report, confusion_matrix
+from fastdata.feed import Feed
+from fastdata.metrics import ClassificationReport, evaluate
 from fastdata.models import make_optimizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,97 +79,6 @@ class TrainResult:
         seconds = sum(h["seconds"] for h in self.history)
         wait = sum(h["data_wait_share"] * h["seconds"] for h in self.history)
         return wait / seconds if seconds else 0.0
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Returns ``device``, or CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def to_model_input(
-    images: torch.Tensor,
-    device: torch.device,
-    channels_last: bool,
-    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None,
-) -> torch.Tensor:
-    """Moves a batch of images to ``device``; uint8 batches become normalised float32 there."""
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a view)
-        images = images.float().div_(255)
-        if normalize is not None:
-            mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
-            std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
-            images = images.sub_(mean).div_(std)
-    if channels_last and images.ndim == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
-def _fetch(batches: Iterator, prepare) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
-    """Returns the next prepared ``(images, labels)`` batch (None at the end) and the wait."""
-    start = time.perf_counter()
-    try:
-        images, labels = next(batches)[:2]
-    except StopIteration:
-        return None, time.perf_counter() - start
-    labels = torch.as_tensor(labels).to(prepare.device, non_blocking=True).long()
-    return (prepare(images), labels), time.perf_counter() - start
-
-
-class _Prepare:
-    """Callable moving image batches to the device (see ``to_model_input``)."""
-
-    def __init__(self, device: torch.device, channels_last: bool, normalize) -> None:
-        self.device, self.channels_last, self.normalize = device, channels_last, normalize
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(images, self.device, self.channels_last, self.normalize)
-
-
-def _autocast(device: torch.device, amp: bool):
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: str | torch.device | None = None,
-    amp: bool | None = None,
-    channels_last: bool | None = None,
-    normalize: tuple | None = None,
-) -> ClassificationReport:
-    """Evaluates a classifier: loss, accuracy, per-class and macro P/R/F1, confusion matrix."""
-    device = resolve_device(device)
-    cuda = device.type == "cuda"
-    prepare = _Prepare(device, cuda if channels_last is None else channels_last, normalize)
-    model.eval()
-    confusion, loss_sum, count = None, torch.zeros((), device=device), 0
-    batches = iter(loader)
-    batch, _ = _fetch(batches, prepare)
-    while batch is not None:
-        images, labels = batch
-        with _autocast(device, cuda if amp is None else amp):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        count += labels.numel()
-        c = logits.shape[1]
-        pairs = torch.bincount(labels * c + logits.argmax(1), minlength=c * c)
-        confusion = pairs if confusion is None else confusion + pairs
-        batch, _ = _fetch(batches, prepare)
-    if confusion is None:
-        raise FastdataError("the validation loader yielded no batch")
-    c = int(round(confusion.numel() ** 0.5))
-    cm = confusion.reshape(c, c).cpu().numpy()
-    return classification_report(cm, loss=float(loss_sum) / count)
 
 
 def fit(
@@ -217,15 +127,15 @@ def fit(
         log_every: steps between loss readings (each one synchronises with the device).
         progress: show a progress bar.
     """
-    device = resolve_device(device)
-    cuda = device.type == "cuda"
-    amp = cuda if amp is None else amp
-    channels_last = cuda if channels_last is None else channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if scheduler not in ("cosine", None):
+        raise FastdataError(f"unknown scheduler {scheduler!r}; use 'cosine' or None")
+    feed = Feed(device, amp=amp, channels_last=channels_last, normalize=normalize)
+    device = feed.device
+    fmt = torch.channels_last if feed.channels_last else torch.preserve_format
+    model.to(device, memory_format=fmt)
     opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if scheduler else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and cuda and not _bf16(device))
-    prepare = _Prepare(device, channels_last, normalize)
+    sched = _cosine(opt, epochs) if scheduler == "cosine" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=feed.needs_grad_scaler)
     result = TrainResult()
     if resume is not None:
         result.history, result.steps = load_checkpoint(
@@ -242,16 +152,16 @@ def fit(
         logged_loss, logged_samples, samples, wait, n = 0.0, 0, 0, 0.0, 0
         start = time.perf_counter()
         batches = iter(train_loader)
-        batch, waited = _fetch(batches, prepare)
+        batch, waited = feed.next(batches)
         wait += waited
         while batch is not None:
             images, labels = batch
-            with _autocast(device, amp):
+            with feed.autocast():
                 logits = model(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
             # Fetch the next batch while the device computes (NOTE [ Prefetch and the ...]).
             n += 1
-            batch, waited = (None, 0.0) if n == steps_per_epoch else _fetch(batches, prepare)
+            batch, waited = (None, 0.0) if n == steps_per_epoch else feed.next(batches)
             wait += waited
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -272,7 +182,7 @@ def fit(
                 bar.set_postfix(loss=f"{result.steps[-1]['loss']:.3f}",
                                 sps=f"{samples / elapsed:.0f}", wait=f"{wait / elapsed:.0%}")  # fmt: skip
             bar.update(1)
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         bar.close()
@@ -289,8 +199,7 @@ def fit(
         if sched is not None:
             sched.step()
         if val_loader is not None:
-            result.report = evaluate(model, val_loader, device=device, amp=amp,
-                                     channels_last=channels_last, normalize=normalize)  # fmt: skip
+            result.report = evaluate(model, val_loader, feed)
             record.update(_val_record(result.report))
         result.history.append(record)
         if checkpoint_dir is not None:
@@ -307,8 +216,12 @@ def fit(
     return result
 
 
-def _bf16(device: torch.device) -> bool:
-    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay over ``epochs``, a function of the epoch index only, so that a resumed
+    run that asks for more epochs stretches the schedule instead of restarting it."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
+    )
 
 
 def _length(loader: Iterable, steps_per_epoch: int | None) -> int | None:

@@ -1,0 +1,104 @@
+"""Feeding batches to a model: the device, the memory format, uint8 conversion, autocast.
+
+A ``Feed`` is what the trainer and the evaluator share: it takes the next ``(images,
+labels)`` batch from any iterator, times how long that took (the data wait), moves it to the
+device with a non-blocking copy, converts uint8 images to normalised float32 there (after
+the transfer: four times fewer bytes cross the bus than with float32), and optionally makes
+them channels-last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Returns ``device``, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_model_input(
+    images: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> torch.Tensor:
+    """Moves a batch of images to ``device``; uint8 batches become normalised float32 there.
+
+    Args:
+        images: ``(N, C, H, W)`` float or uint8, or ``(N, H, W, C)`` uint8 with 1 or 3
+            channels.
+        device: the target device.
+        channels_last: return the channels-last memory format.
+        normalize: ``(mean, std)`` per channel, applied to uint8 images after scaling them
+            to [0, 1]; float images are returned as they are.
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a view)
+        images = images.float().div_(255)
+        if normalize is not None:
+            mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
+            std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
+            images = images.sub_(mean).div_(std)
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+class Feed:
+    """How batches reach the model.
+
+    Args:
+        device: default CUDA if available, else CPU.
+        amp: autocast (bfloat16, or float16 where bfloat16 is unsupported); default on for
+            CUDA.
+        channels_last: channels-last images; default on for CUDA.
+        normalize: ``(mean, std)`` for uint8 images (see ``to_model_input``).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        *,
+        amp: bool | None = None,
+        channels_last: bool | None = None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if amp is None else amp
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.normalize = normalize
+        self.amp_dtype = torch.bfloat16
+        if cuda and not torch.cuda.is_bf16_supported():
+            self.amp_dtype = torch.float16
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """True when autocast runs in float16, whose gradients need loss scaling."""
+        return self.amp and self.amp_dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of the forward pass (a no-op without AMP)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def next(self, batches: Iterator) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
+        """Returns the next ``(images, labels)`` on the device (None at the end) and the
+        seconds spent waiting for it.
+        """
+        start = time.perf_counter()
+        try:
+            images, labels = next(batches)[:2]
+        except StopIteration:
+            return None, time.perf_counter() - start
+        labels = torch.as_tensor(labels).to(self.device, non_blocking=True).long()
+        images = to_model_input(images, self.device, self.channels_last, self.normalize)
+        return (images, labels), time.perf_counter() - start
