@@ -38,11 +38,14 @@ class FlipPlan:
             time.sleep(self.delay)
         out_slot[...] = pixels[:, ::-1] if rng.random() < 0.5 else pixels
 
-    def finish(self, batch, device=None, memory_format=torch.contiguous_format):
+    def finish(self, batch, device=None, memory_format=torch.contiguous_format, out=None):
         x = batch.permute(0, 3, 1, 2).to(torch.float32).div_(255)
         mean = torch.tensor(MEAN, dtype=torch.float32).view(1, C, 1, 1)
         std = torch.tensor(STD, dtype=torch.float32).view(1, C, 1, 1)
         x = ((x - mean) / std).contiguous(memory_format=memory_format)
+        if out is not None:
+            self.reused = getattr(self, "reused", 0) + 1
+            return out.copy_(x)
         return x if device is None else x.to(device)
 
 
@@ -172,7 +175,7 @@ def test_outputs_never_alias_the_ring():
     """The consumer keeps every batch; later batches must not overwrite earlier ones."""
 
     class Identity(FlipPlan):
-        def finish(self, batch, device=None, memory_format=torch.contiguous_format):
+        def finish(self, batch, device=None, memory_format=torch.contiguous_format, out=None):
             return batch  # shares the ring's memory: the engine must copy
 
     imgs = make_images(30, seed=6)
@@ -243,7 +246,7 @@ def test_cuda_buffers_are_not_reused_while_copied():
         def sample_into(self, src, out_slot, rng, **where):
             out_slot[...] = src
 
-        def finish(self, batch, device=None, memory_format=torch.contiguous_format):
+        def finish(self, batch, device=None, memory_format=torch.contiguous_format, out=None):
             x = batch.to(device, non_blocking=True)
             torch.cuda._sleep(5_000_000)  # keep the stream busy after the copy is queued
             return x.permute(0, 3, 1, 2).float()
@@ -254,3 +257,23 @@ def test_cuda_buffers_are_not_reused_while_copied():
             b = int(labels[0])
             expect = torch.arange(b * 4, b * 4 + 4, device="cuda").float().view(4, 1, 1, 1)
             assert torch.equal(images, expect.expand_as(images))
+
+
+def test_dropped_outputs_are_reused_and_kept_ones_never_overwritten():
+    imgs = make_images(60, seed=11)
+    plan = FlipPlan()
+    with BatchEngine(plan, 4, num_threads=2) as engine:
+        kept, views, arrays = [], [], []
+        for b, (x, y) in enumerate(engine.iterate(batches_of(imgs, 4))):
+            if b % 5 == 0:
+                kept.append((x, y))  # the whole batch
+            elif b % 5 == 1:
+                views.append((x[1:3], y[1:3]))  # a view keeps the storage alive
+            elif b % 5 == 2:
+                arrays.append((x.numpy(), y))
+    assert plan.reused > 0
+    expect = torch.from_numpy(reference(imgs, 0, 0, list(range(60)))).float()
+    for x, y in kept + views:
+        torch.testing.assert_close(x, expect[y], atol=1e-5, rtol=0)
+    for a, y in arrays:
+        np.testing.assert_allclose(a, expect[y].numpy(), atol=1e-5)

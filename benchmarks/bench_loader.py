@@ -1,0 +1,199 @@
+"""torch's DataLoader vs fastdata.DataLoader vs fastdata.DataLoader(compile=True).
+
+Two workloads, generated once into a folder outside the repository (``--data``):
+
+- ``imagenet``: ImageNet-like JPEGs (about 400x350, quality 90, ``fastdata.sample_data``)
+  in ImageFolder layout -> RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor +
+  Normalize, batch 256;
+- ``cifar``: 32x32 PNGs (views of the same bundled photographs) -> RandomCrop(32,
+  padding=4) + RandomHorizontalFlip + ToTensor + Normalize, batch 512.
+
+Every repetition runs one loader in a fresh child process (the three loaders alternate),
+which warms up on one batch (worker start, Numba cache load) and then times one full epoch
+from ``iter()`` to the last batch. The parent samples the child's process tree every 20 ms
+for the peak of its summed RSS and PSS (PSS shares pages between forked workers fairly).
+Reports medians and writes the table into BENCHMARKS.md (``--write``).
+
+Usage: ``flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_loader.py --write``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("torch", "fastdata", "compile")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+BATCH = {"imagenet": 256, "cifar": 512}
+START, END = "<!-- bench_loader:start -->", "<!-- bench_loader:end -->"
+
+
+def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
+    """Generates both workloads under ``root`` (once; reused when the counts match)."""
+    from PIL import Image
+
+    from fastdata.sample_data import DEFAULT_CLASSES, load_photograph, make_image_folder
+
+    folders = {"imagenet": root / f"imagenet-{jpegs}", "cifar": root / f"cifar-{pngs}"}
+    if not folders["imagenet"].exists():
+        make_image_folder(folders["imagenet"], n_per_class=jpegs // len(DEFAULT_CLASSES), quality=90)
+    if not folders["cifar"].exists():
+        for ci, name in enumerate(DEFAULT_CLASSES):
+            photo, out = load_photograph(name), folders["cifar"] / name
+            out.mkdir(parents=True)
+            for i in range(pngs // len(DEFAULT_CLASSES)):
+                rng = np.random.default_rng([ci, i])
+                w, h = photo.size
+                side = int(rng.integers(32, min(w, h) // 2))
+                x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+                photo.resize((32, 32), Image.BILINEAR, box=(x, y, x + side, y + side)).save(out / f"{i:05d}.png")
+    return folders
+
+
+def build_loader(variant: str, workload: str, folder: Path, workers: int):
+    """The loader one child process times."""
+    import torch
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    import fastdata.loader
+
+    if workload == "imagenet":
+        steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+    dataset = datasets.ImageFolder(str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)]))
+    cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loader.DataLoader
+    extra = {"compile": True} if variant == "compile" else {}
+    return cls(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **extra)
+
+
+def child(variant: str, workload: str, folder: Path, workers: int) -> None:
+    """Times one epoch and prints ``{"samples", "seconds"}`` as JSON."""
+    loader = build_loader(variant, workload, folder, workers)
+    for images, _ in loader:  # warm-up: worker start-up, Numba cache, page cache
+        assert images.dtype.is_floating_point and images.dim() == 4
+        break
+    start, samples = time.perf_counter(), 0
+    for _, labels in loader:
+        samples += len(labels)
+    print(json.dumps({"samples": samples, "seconds": time.perf_counter() - start}))
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _memory(pids: list[int]) -> tuple[int, int]:
+    """Summed (RSS, PSS) in bytes of ``pids``."""
+    rss = pss = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith(("Rss:", "Pss:")):
+                        kb = int(line.split()[1]) * 1024
+                        rss, pss = (rss + kb, pss) if line[0] == "R" else (rss, pss + kb)
+        except OSError:
+            continue
+    return rss, pss
+
+
+def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
+    """Runs one child; returns its samples/s and the peak memory of its process tree."""
+    cmd = [sys.executable, __file__, "--child", variant, workload, str(folder), "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    peak_rss = peak_pss = 0
+    while proc.poll() is None:
+        rss, pss = _memory(_tree(proc.pid))
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant}/{workload} failed:\n{err}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"rate": result["samples"] / result["seconds"], "rss": peak_rss, "pss": peak_pss}
+
+
+def table(results: dict, reps: int, workers: int) -> str:
+    """The Markdown table of medians with ratios to torch."""
+    lines = [
+        f"| workload | loader | samples/s | × torch | peak RSS (MiB) | peak PSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workload, by_variant in results.items():
+        base = statistics.median(r["rate"] for r in by_variant["torch"])
+        for variant, runs in by_variant.items():
+            rate = statistics.median(r["rate"] for r in runs)
+            rss = statistics.median(r["rss"] for r in runs) / 2**20
+            pss = statistics.median(r["pss"] for r in runs) / 2**20
+            name = {"torch": "torch DataLoader", "fastdata": "fastdata.DataLoader",
+                    "compile": "fastdata.DataLoader(compile=True)"}[variant]  # fmt: skip
+            lines.append(f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {rss:,.0f} | {pss:,.0f} |")
+    note = f"\n{workers} workers, shuffle=True, medians of {reps} alternating repetitions, one epoch each.\n"
+    return "\n".join(lines) + note
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replaces the section between the markers in BENCHMARKS.md (appends it the first time)."""
+    doc = path.read_text()
+    block = f"{START}\n{text}{END}"
+    if START in doc:
+        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n## DataLoader\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/fastdata-bench-loader"))
+    parser.add_argument("--jpegs", type=int, default=1500)
+    parser.add_argument("--pngs", type=int, default=10000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workloads", nargs="+", default=["imagenet", "cifar"])
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.child:
+        child(args.child[0], args.child[1], Path(args.child[2]), args.workers)
+        return 0
+    folders = make_data(args.data, args.jpegs, args.pngs)
+    results: dict = {w: {v: [] for v in VARIANTS} for w in args.workloads}
+    for rep in range(args.reps):
+        for workload in args.workloads:
+            for variant in VARIANTS:
+                r = measure(variant, workload, folders[workload], args.workers)
+                results[workload][variant].append(r)
+                print(f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB", flush=True)
+    text = table(results, args.reps, args.workers)
+    print(text)
+    if args.write:
+        cmd = "flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_loader.py --write"
+        write_section(f"Command: `{cmd}`\n\n{text}", ROOT / "BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
