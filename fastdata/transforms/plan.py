@@ -160,8 +160,8 @@ class Plan:
         """
         geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
         size = geom.size()
-        if out.dtype != np.uint8 or out.shape != (*size, CHANNELS):
-            raise ValueError(f"out must be uint8 {(*size, CHANNELS)}, got {out.dtype} {out.shape}")
+        if out.dtype != np.uint8 or out.shape != (*size, CHANNELS) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 {(*size, CHANNELS)} array, got {out.dtype} {out.shape}")
         self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
 
     def sample(self, src, rng: np.random.Generator) -> np.ndarray:
@@ -177,7 +177,7 @@ class Plan:
         ytab = _axis_table(arr.shape[0], yl, ylen, yn, yrows, kind, aa)
         xtab = _axis_table(arr.shape[1], xl, xlen, xn, xrows, kind, aa)
         fill = np.asarray(geom.fill, np.uint8)
-        cpu.resample_into(arr, *ytab, *xtab, fill, np.float32(geom.gain), out)
+        cpu.resample_into(np.ascontiguousarray(arr), *ytab, *xtab, fill, np.float32(geom.gain), out)
 
     @property
     def out_dtype(self) -> torch.dtype:

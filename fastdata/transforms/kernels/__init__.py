@@ -14,8 +14,8 @@ decoder. The batch stage (dtype conversion and normalisation) runs where the bat
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

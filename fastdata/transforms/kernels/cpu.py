@@ -110,47 +110,80 @@ def max_taps(length: float, n_resized: int, kind: int, antialias: bool) -> int:
     return int(2 * radius * stretch) + 3
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def _vertical(flat, first, n, weights, lo, acc):
+    """``acc = sum_k weights[k] * flat[first + k, lo:lo + len(acc)]`` (contiguous: vectorises)."""
+    m = acc.shape[0]
+    for i in range(m):
+        acc[i] = 0.0
+    for k in range(n):
+        w = weights[k]
+        line = flat[first + k, lo : lo + m]
+        for i in range(m):
+            acc[i] += w * np.float32(line[i])
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _horizontal(acc, x0, xs, xc, xw, gain, fill, dst):
+    """Filter one vertically resampled row ``acc`` (RGB interleaved) into a uint8 output row."""
+    for o in range(xs.shape[0]):
+        if xc[o] == 0:
+            dst[3 * o] = fill[0]
+            dst[3 * o + 1] = fill[1]
+            dst[3 * o + 2] = fill[2]
+            continue
+        p = (xs[o] - x0) * 3
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        for k in range(xc[o]):
+            wk = xw[o, k]
+            a0 += wk * acc[p]
+            a1 += wk * acc[p + 1]
+            a2 += wk * acc[p + 2]
+            p += 3
+        dst[3 * o] = _to_u8(a0 * gain)
+        dst[3 * o + 1] = _to_u8(a1 * gain)
+        dst[3 * o + 2] = _to_u8(a2 * gain)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _to_u8(v):
+    return np.uint8(min(max(v + np.float32(0.5), np.float32(0.0)), np.float32(255.0)))
+
+
 @njit(nogil=True, cache=True)
 def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
-    """Separable resampling of an HWC uint8 image into an HWC uint8 slot.
+    """Separable resampling of an HWC RGB uint8 image into an HWC uint8 slot.
+
+    Row by row: a vertical pass over the needed source columns (contiguous, vectorised)
+    into a float32 row, then a horizontal pass that rounds half up into the output row.
 
     Args:
-        src: ``(H, W, C)`` uint8 source image (any strides).
+        src: ``(H, W, 3)`` C-contiguous uint8 source image.
         ys, yc, yw: vertical table from :func:`axis_tables` (starts, counts, weights).
         xs, xc, xw: horizontal table.
-        fill: uint8 ``(C,)`` value of padded pixels.
+        fill: uint8 ``(3,)`` value of padded pixels.
         gain: brightness factor applied before rounding (1.0 for none).
-        out: ``(h, w, C)`` uint8 destination, written completely.
+        out: ``(h, w, 3)`` C-contiguous uint8 destination, written completely.
     """
     h, w, nc = out.shape
-    y0 = src.shape[0]
-    y1 = 0
-    for o in range(h):
-        if yc[o] > 0:
-            y0 = min(y0, ys[o])
-            y1 = max(y1, ys[o] + yc[o])
-    tmp = np.zeros((max(y1 - y0, 1), w, nc), np.float32)
-    for y in range(y0, y1):
-        for o in range(w):
-            if xc[o] == 0:
-                continue
-            for c in range(nc):
-                acc = np.float32(0.0)
-                for k in range(xc[o]):
-                    acc += xw[o, k] * np.float32(src[y, xs[o] + k, c])
-                tmp[y - y0, o, c] = acc
+    x0 = src.shape[1]
+    x1 = 0
+    for o in range(w):
+        if xc[o] > 0:
+            x0 = min(x0, xs[o])
+            x1 = max(x1, xs[o] + xc[o])
+    flat = src.reshape(src.shape[0], src.shape[1] * nc)
+    dst = out.reshape(h, w * nc)
+    acc = np.zeros(max(x1 - x0, 1) * nc, np.float32)
     for oy in range(h):
-        for ox in range(w):
-            if yc[oy] == 0 or xc[ox] == 0:
-                for c in range(nc):
-                    out[oy, ox, c] = fill[c]
-                continue
-            for c in range(nc):
-                acc = np.float32(0.0)
-                for k in range(yc[oy]):
-                    acc += yw[oy, k] * tmp[ys[oy] + k - y0, ox, c]
-                v = acc * gain + np.float32(0.5)
-                out[oy, ox, c] = 0 if v < 1.0 else (255 if v >= 255.0 else np.uint8(v))
+        if yc[oy] == 0:
+            for i in range(w * nc):
+                dst[oy, i] = fill[i % nc]
+            continue
+        _vertical(flat, ys[oy], yc[oy], yw[oy], x0 * nc, acc[: max(x1 - x0, 0) * nc])
+        _horizontal(acc, x0, xs, xc, xw, gain, fill, dst[oy])
 
 
 @njit(nogil=True, cache=True, parallel=True)
