@@ -199,11 +199,19 @@ def normalize_nchw(src, lut, out):
     for job in prange(n * h):
         i = job // h
         y = job % h
-        for c in range(nc):
-            table = lut[c]
-            row = out[i, c, y]
+        s = src[i, y]
+        if nc == 3:  # one pass over the source row, three output streams
+            r0, r1, r2 = out[i, 0, y], out[i, 1, y], out[i, 2, y]
+            t0, t1, t2 = lut[0], lut[1], lut[2]
             for x in range(w):
-                row[x] = table[src[i, y, x, c]]
+                r0[x] = t0[s[x, 0]]
+                r1[x] = t1[s[x, 1]]
+                r2[x] = t2[s[x, 2]]
+            continue
+        for c in range(nc):
+            row, table = out[i, c, y], lut[c]
+            for x in range(w):
+                row[x] = table[s[x, c]]
 
 
 @njit(nogil=True, cache=True, parallel=True)
