@@ -56,14 +56,24 @@ still reads it corrupts the batch silently.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import threading
+import traceback
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_EXCEPTION,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,6 +159,7 @@ class SampleRng:
 
     def __init__(self, seed: int, epoch: int = 0, rank: int = 0, worker: int = 0) -> None:
         words = [int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, epoch, rank, worker)]
+        self.words = tuple(words)
         key = np.random.SeedSequence(words).generate_state(2, np.uint64)
         self._key = key
         self._local = threading.local()
@@ -176,14 +187,18 @@ class SampleRng:
 class _Ring:
     """Preallocated uint8 NHWC batch buffers with their reuse events (NOTE [ Buffer reuse ])."""
 
-    def __init__(self, size: int, batch_size: int, shape: tuple[int, int, int], pin: bool) -> None:
-        self.shape, self.pin = shape, pin
+    def __init__(
+        self, size: int, batch_size: int, shape: tuple[int, int, int], pin: bool, shared: bool
+    ) -> None:
+        self.shape, self.pin, self.shared = shape, pin, shared
         self.tensors = [self._alloc(batch_size) for _ in range(size)]
         self.arrays = [t.numpy() for t in self.tensors]
         self.events: list[Any] = [None] * size
         self.free: deque[int] = deque(range(size))
 
     def _alloc(self, n: int) -> torch.Tensor:
+        if self.shared:  # worker processes write here (see NOTE [ Threads, not processes ])
+            return torch.empty((n, *self.shape), dtype=torch.uint8).share_memory_()
         return torch.empty((n, *self.shape), dtype=torch.uint8, pin_memory=self.pin)
 
     def take(self, n: int) -> int:
@@ -194,6 +209,12 @@ class _Ring:
             event.synchronize()
             self.events[slot] = None
         if self.tensors[slot].shape[0] < n:  # a larger batch than any before: grow
+            if self.shared:
+                self.free.appendleft(slot)
+                raise ValueError(
+                    f"a batch of {n} samples does not fit the engine's {self.tensors[slot].shape[0]}"
+                    "-sample buffers, which worker processes cannot grow; give batch_size"
+                )
             self.tensors[slot] = self._alloc(n)
             self.arrays[slot] = self.tensors[slot].numpy()
         return slot
@@ -277,6 +298,9 @@ class BatchEngine:
             (still polling, so an interrupt gets through).
         collate_extras: turns the list of the batch's ``extra`` into the batch's extras.
         stats: the counters to add to (several engines may share one); a new one if None.
+        processes: run the per-sample work in ``num_threads`` forked worker processes
+            instead of threads (see NOTE [ Threads, not processes ]); batches then may not
+            exceed ``batch_size``.
     """
 
     def __init__(
@@ -293,6 +317,7 @@ class BatchEngine:
         timeout: float = 0,
         collate_extras: Callable[[list], Any] | None = default_collate,
         stats: EngineStats | None = None,
+        processes: bool = False,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -311,10 +336,11 @@ class BatchEngine:
         self.on_error = on_error
         self.timeout = float(timeout)
         self.collate_extras = collate_extras
+        self.processes = bool(processes) and num_threads > 0 and _can_fork()
         self.stats = stats if stats is not None else EngineStats()
         self._on_cuda = self.device is not None and self.device.type == "cuda"
         self._ring: _Ring | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
         self._outputs = _OutputPool(0 if self._on_cuda else 3)
 
     # -- life cycle -------------------------------------------------------------------
@@ -322,9 +348,16 @@ class BatchEngine:
     def _start(self) -> _Ring:
         if self._ring is None:
             shape = tuple(int(v) for v in self.plan.sample_shape)
-            pin = self._on_cuda and torch.cuda.is_available()
-            self._ring = _Ring(self.ring_size, self.batch_size, shape, pin)  # type: ignore[arg-type]
-        if self._pool is None and self.num_threads > 0:
+            pin = self._on_cuda and torch.cuda.is_available() and not self.processes
+            self._ring = _Ring(self.ring_size, self.batch_size, shape, pin, self.processes)  # type: ignore[arg-type]
+        if self._pool is None and self.processes:
+            self._pool = ProcessPoolExecutor(
+                self.num_threads,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_process,
+                initargs=(self.plan, self._ring.tensors),
+            )
+        elif self._pool is None and self.num_threads > 0:
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="fastdata")
         return self._ring
 
@@ -402,46 +435,22 @@ class BatchEngine:
         return False
 
     def _submit(self, refs: list[SampleRef], slot: int, ring: _Ring, rngs: SampleRng) -> _InFlight:
-        errors: list[BaseException | None] = [None] * len(refs)
+        job = _InFlight(slot, refs, [], [None] * len(refs))
         out = ring.arrays[slot]
-        job = _InFlight(slot, refs, [], errors)
         if self._pool is None:
             fut: Future = Future()
-            self._run_chunk(refs, 0, len(refs), out, errors, rngs)
-            fut.set_result(None)
+            fut.set_result(_produce(self.plan, refs, 0, len(refs), out, rngs))
             job.futures.append(fut)
             return job
         step = max(1, -(-len(refs) // (4 * self.num_threads)))
         for lo in range(0, len(refs), step):
             hi = min(lo + step, len(refs))
-            job.futures.append(
-                self._pool.submit(self._run_chunk, refs, lo, hi, out, errors, rngs)
-            )
+            if self.processes:
+                fut = self._pool.submit(_process_chunk, slot, refs[lo:hi], lo, rngs.words)
+            else:
+                fut = self._pool.submit(_produce, self.plan, refs, lo, hi, out, rngs)
+            job.futures.append(fut)
         return job
-
-    def _run_chunk(
-        self,
-        refs: list[SampleRef],
-        lo: int,
-        hi: int,
-        out: np.ndarray,
-        errors: list[BaseException | None],
-        rngs: SampleRng,
-    ) -> None:
-        """Worker-thread body: produce samples ``lo:hi`` into their slots, errors as values."""
-        plan = self.plan
-        for i in range(lo, hi):
-            ref = refs[i]
-            try:
-                src = ref.source
-                if isinstance(src, (str, os.PathLike)):
-                    with open(src, "rb") as fh:
-                        src = fh.read()
-                plan.sample_into(
-                    src, out[i], rngs.for_sample(ref.index), url=ref.url, key=ref.key, field=ref.field
-                )
-            except Exception as exc:  # handed to the consumer, see NOTE [ Skipping bad samples ]
-                errors[i] = _as_fastdata_error(exc, ref)
 
     def _wait(self, job: _InFlight) -> None:
         """Waits for a batch's chunks, polling, and raises the user's timeout as torch does."""
@@ -457,7 +466,16 @@ class BatchEngine:
                 raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds")
         self.stats.wait_s += time.perf_counter() - t0
         for fut in job.futures:
-            fut.result(timeout=0)  # a failure of the engine itself (not of a sample)
+            try:
+                failures = fut.result(timeout=0)
+            except BrokenProcessPool as exc:
+                self.close()
+                raise RuntimeError(
+                    "a worker process of the batch engine exited unexpectedly (killed, out of "
+                    "memory or crashed); use num_workers=0 to debug in the main process"
+                ) from exc
+            for i, err in failures:
+                job.errors[i] = err
 
     def _assemble(self, job: _InFlight, ring: _Ring) -> tuple[Any, Any]:
         """Applies the error policy, runs the batch stage and frees the buffer."""
@@ -506,6 +524,57 @@ class BatchEngine:
                 self.stats.skipped_keys.append(f"{ref.url}:{ref.key}")
             if self.on_error == "warn":
                 warnings.warn(f"skipped a bad sample: {err}", stacklevel=4)
+
+
+def _produce(
+    plan: Plan, refs: Sequence[SampleRef], lo: int, hi: int, out: np.ndarray, rngs: SampleRng
+) -> list[tuple[int, Exception]]:
+    """Worker body: samples ``lo:hi`` of a batch into their slots; failures as values."""
+    failures = []
+    for i in range(lo, hi):
+        ref = refs[i]
+        try:
+            src = ref.source
+            if isinstance(src, (str, os.PathLike)):
+                with open(src, "rb") as fh:
+                    src = fh.read()
+            rng = rngs.for_sample(ref.index)
+            plan.sample_into(src, out[i], rng, url=ref.url, key=ref.key, field=ref.field)
+        except Exception as exc:  # handed to the consumer, see NOTE [ Skipping bad samples ]
+            failures.append((i, _as_fastdata_error(exc, ref)))
+    return failures
+
+
+_PROCESS: dict[str, Any] = {}  # a worker process's plan, ring arrays and rng
+
+
+def _init_process(plan: Plan, ring: list[torch.Tensor]) -> None:
+    _PROCESS.update(plan=plan, arrays=[t.numpy() for t in ring], rngs=None)
+
+
+def _process_chunk(
+    slot: int, refs: list[SampleRef], lo: int, words: tuple[int, ...]
+) -> list[tuple[int, Exception]]:
+    """Worker-process body: like ``_produce``; errors carry their traceback as text."""
+    rngs = _PROCESS["rngs"]
+    if rngs is None or rngs.words != words:
+        rngs = _PROCESS["rngs"] = SampleRng(*words)
+    out = _PROCESS["arrays"][slot][lo:]
+    failures = _produce(_PROCESS["plan"], refs, 0, len(refs), out, rngs)
+    return [(lo + i, _picklable(err)) for i, err in failures]
+
+
+def _picklable(err: Exception) -> Exception:
+    """A DecodeError whose message ends with the worker's traceback (tracebacks don't pickle)."""
+    cause = err.__cause__ or err
+    text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    base = err.message if isinstance(err, DecodeError) else str(err)
+    where = (err.url, err.key, err.field) if isinstance(err, DecodeError) else (None, None, None)
+    return DecodeError(*where, f"{base}\n\nTraceback in the worker process:\n{text}")
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def _as_fastdata_error(exc: Exception, ref: SampleRef) -> Exception:

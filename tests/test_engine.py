@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -277,3 +278,38 @@ def test_dropped_outputs_are_reused_and_kept_ones_never_overwritten():
         torch.testing.assert_close(x, expect[y], atol=1e-5, rtol=0)
     for a, y in arrays:
         np.testing.assert_allclose(a, expect[y].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_worker_processes_give_the_same_batches_and_errors(on_error):
+    imgs = make_images(30, seed=12)
+    plan = FlipPlan(fail_on=frozenset({4}))
+    with BatchEngine(plan, 8, num_threads=2, processes=True, on_error=on_error, seed=5) as engine:
+        assert engine.processes
+        if on_error == "raise":
+            with pytest.raises(DecodeError, match="(?s)k4.*Traceback in the worker process.*sample_into"):
+                list(engine.iterate(batches_of(imgs, 8)))
+            return
+        out = list(engine.iterate(batches_of(imgs, 8), epoch=1))
+    assert not plan.threads  # the work ran in the worker processes
+    with BatchEngine(plan, 8, num_threads=2, on_error="skip", seed=5) as engine:
+        threads = list(engine.iterate(batches_of(imgs, 8), epoch=1))
+    assert engine.stats.skipped == 1
+    for (x, y), (u, v) in zip(out, threads, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
+
+
+def test_a_killed_worker_process_ends_the_iteration():
+    class Suicide(FlipPlan):
+        def sample_into(self, src, out_slot, rng, **where):
+            os._exit(3)
+
+    with BatchEngine(Suicide(), 4, num_threads=1, processes=True) as engine:
+        with pytest.raises(RuntimeError, match="worker process"):
+            list(engine.iterate(batches_of(make_images(8, 13), 4)))
+
+
+def test_worker_processes_cannot_grow_buffers():
+    with BatchEngine(FlipPlan(), 2, num_threads=1, processes=True) as engine:
+        with pytest.raises(ValueError, match="give batch_size"):
+            list(engine.iterate(batches_of(make_images(8, 14), 4)))
