@@ -26,11 +26,36 @@ def seed_everything(seed: int) -> None:
 
 
 def _random_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-              "python": random.getstate()}  # fmt: skip
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        # Plain Python values, so that torch.load(weights_only=True) reads the checkpoint.
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+def _set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plain(value: object) -> object:
+    """Returns ``value`` with NumPy scalars turned into Python numbers, recursively."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 def save_checkpoint(
@@ -58,7 +83,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict(),
-        "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+        "loader": plain(loader.state_dict()) if hasattr(loader, "state_dict") else None,
         "random": _random_states(),
         "history": history,
         "steps": steps,
@@ -79,8 +104,9 @@ def load_checkpoint(
 ) -> tuple[list[dict], list[dict]]:
     """Restores a checkpoint written by ``save_checkpoint`` into the given objects.
 
-    A training checkpoint is a pickle (it holds the random states and the loader's state):
-    load only files you trust. Weights alone load safely with ``fastdata.models``.
+    Checkpoints are read with ``torch.load(weights_only=True)``: no code runs on loading.
+    A loader's ``state_dict()`` must therefore hold Python values, tensors and NumPy
+    scalars only (NumPy arrays are refused; store them as lists or tensors).
 
     Also restores the random states and, if both have one, the loader's state.
 
@@ -91,7 +117,7 @@ def load_checkpoint(
         SourceError: the file cannot be read or is not a training checkpoint.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise SourceError(str(path), f"cannot read the checkpoint: {exc}") from exc
     if not isinstance(state, dict) or "optimizer" not in state:
@@ -103,10 +129,5 @@ def load_checkpoint(
     scaler.load_state_dict(state["scaler"])
     if state["loader"] is not None and hasattr(loader, "load_state_dict"):
         loader.load_state_dict(state["loader"])
-    rs = state["random"]
-    torch.set_rng_state(rs["torch"])
-    np.random.set_state(rs["numpy"])
-    random.setstate(rs["python"])
-    if "cuda" in rs and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rs["cuda"])
+    _set_random_states(state["random"])
     return state["history"], state["steps"]

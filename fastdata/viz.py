@@ -249,6 +249,10 @@ def plot_training(
     loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="#1f77b4", label="train")
     _curve(loss_ax, history, epochs, "val_loss", "validation", "#ff7f0e")
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    values = [v for line in loss_ax.get_lines() for v in line.get_ydata() if np.isfinite(v)]
+    if values and min(values) > 0 and max(values) / min(values) > 30:
+        loss_ax.set_yscale("log")  # one early spike would flatten every other point
+        loss_ax.set_ylabel("cross-entropy (log scale)")
     acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", color="#1f77b4",
                 label="train accuracy")  # fmt: skip
     _curve(acc_ax, history, epochs, "val_accuracy", "validation accuracy", "#ff7f0e")

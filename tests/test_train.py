@@ -209,8 +209,33 @@ def test_cli_trains_resumes_and_searches(image_folder, tmp_path, capsys):
     assert _cli(["train", *common, "--epochs", "2", "--resume"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history["epochs"]] == [1, 2]
+    # Fine-tune from the training checkpoint: only the head trains.
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    tuned = [*common[:-1], str(tmp_path / "ft"), "--checkpoint", ckpt, "--freeze-backbone"]
+    assert _cli(["train", *tuned, "--epochs", "1"]) == 0
+    before = torch.load(ckpt, weights_only=True)["model"]
+    after = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
     grid = ["--grid", "lr=0.1,0.01", "--epochs", "1"]
     assert _cli(["train", *common, *grid]) == 0
     rows = json.loads((tmp_path / "run" / "grid.json").read_text())
     assert sorted(r["lr"] for r in rows) == [0.01, 0.1]
     assert "| lr | val_accuracy |" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_with_amp_and_channels_last():
+    torch.manual_seed(0)
+    pixels = (torch.rand(256, 12, 12, 3) * 80).to(torch.uint8)  # uint8 NHWC, as loaders yield
+    labels = torch.randint(0, 4, (256,))
+    for c in range(4):
+        pixels[labels == c, (c // 2) * 6 : (c // 2) * 6 + 6, :, c % 3] += 150
+    loader = DataLoader(TensorDataset(pixels, labels), batch_size=32, shuffle=True, pin_memory=True)
+    model = tiny_cnn()
+    result = fit(model, loader, val_loader=loader, epochs=4, lr=0.05, device="cuda",
+                 normalize=((0.5,) * 3, (0.25,) * 3), progress=False)  # fmt: skip
+    assert next(model.parameters()).is_cuda
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert result.report.accuracy > 0.85
