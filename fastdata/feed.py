@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from fastdata.errors import FastdataError
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """Returns ``device``, or CUDA when available, else the CPU."""
@@ -96,9 +98,15 @@ class Feed:
         """
         start = time.perf_counter()
         try:
-            images, labels = next(batches)[:2]
+            batch = next(batches)
         except StopIteration:
             return None, time.perf_counter() - start
+        if not isinstance(batch, list | tuple) or len(batch) < 2:
+            raise FastdataError(
+                f"a batch must be an (images, labels) pair, got {type(batch).__name__};"
+                " make the loader yield tuples (e.g. to_tuple('jpg', 'cls'))"
+            )
+        images, labels = batch[:2]
         labels = torch.as_tensor(labels).to(self.device, non_blocking=True).long()
         images = to_model_input(images, self.device, self.channels_last, self.normalize)
         return (images, labels), time.perf_counter() - start

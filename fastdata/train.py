@@ -186,16 +186,7 @@ def fit(
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         bar.close()
-        record = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": float(loss_sum) / max(samples, 1),
-            "train_accuracy": float(correct) / max(samples, 1),
-            "samples": samples,
-            "seconds": seconds,
-            "samples_per_sec": samples / seconds if seconds else 0.0,
-            "data_wait_share": wait / seconds if seconds else 0.0,
-        }
+        record = _epoch_record(epoch, opt, float(loss_sum), float(correct), samples, seconds, wait)
         if sched is not None:
             sched.step()
         if val_loader is not None:
@@ -214,6 +205,27 @@ def fit(
                 result.steps,
             )
     return result
+
+
+def _epoch_record(
+    epoch: int,
+    opt: torch.optim.Optimizer,
+    loss_sum: float,
+    correct: float,
+    samples: int,
+    seconds: float,
+    wait: float,
+) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "lr": opt.param_groups[0]["lr"],
+        "train_loss": loss_sum / max(samples, 1),
+        "train_accuracy": correct / max(samples, 1),
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_sec": samples / seconds if seconds else 0.0,
+        "data_wait_share": wait / seconds if seconds else 0.0,
+    }
 
 
 def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -155,9 +155,11 @@ def test_uint8_batches_are_normalised_on_the_device(layout):
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_empty_validation_loader_is_an_error():
+def test_empty_validation_loader_and_bad_batches_are_errors():
     with pytest.raises(FastdataError, match="no batch"):
         evaluate(tiny_cnn(), [])
+    with pytest.raises(FastdataError, match=r"\(images, labels\) pair, got dict"):
+        fit(tiny_cnn(), [{"jpg": torch.zeros(1, 3, 8, 8)}], progress=False)
 
 
 @pytest.fixture(scope="module")
