@@ -1,20 +1,51 @@
 """fastdata: fast PyTorch input pipelines.
 
 WebDataset-layout shards (write, read, convert, verify), a drop-in ``DataLoader`` and
-compiled transforms.
+compiled transforms. The torch-based names (``DataLoader``, ``ShardDataset``,
+``transforms``...) are imported on first use, so that the shard tools start quickly.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from fastdata.errors import DecodeError, FastdataError, ShardError, SourceError
 from fastdata.tario import iter_samples
 from fastdata.writer import ShardWriter
 
+_LAZY = {
+    "DataLoader": ("fastdata.loader", "DataLoader"),
+    "get_worker_info": ("fastdata.loader", "get_worker_info"),
+    "ShardDataset": ("fastdata.dataset", "ShardDataset"),
+    "transforms": ("fastdata.transforms", None),
+}
+
 __all__ = [
+    "DataLoader",
     "DecodeError",
     "FastdataError",
+    "ShardDataset",
     "ShardError",
-    "SourceError",
     "ShardWriter",
+    "SourceError",
+    "get_worker_info",
     "iter_samples",
+    "transforms",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fastdata' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -20,6 +20,8 @@ COMMANDS = {
     "train": "fastdata.train",
     "show": "fastdata.gallery",
     "stats": "fastdata.gallery",
+    "bench": "fastdata.bench_workloads",
+    "demo": "fastdata.demo",
 }
 # Kept for modules that register themselves by module name.
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))

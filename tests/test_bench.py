@@ -45,3 +45,26 @@ def test_batch_size_of_common_batch_shapes():
     assert batch_size_of([torch.zeros(4, 3), torch.zeros(4)]) == 4
     assert batch_size_of({"image": torch.zeros(6, 2)}) == 6
     assert batch_size_of(torch.zeros(2, 5)) == 2
+
+
+def test_forked_workers_can_run_the_numba_kernel_after_the_parent_did():
+    """Worker processes forked after the CPU batch kernel ran in the parent can run it too
+    (GNU OpenMP would kill them; see NOTE [ Fork-safe threading layer ])."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from fastdata import transforms as T\n"
+        "p = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize([0.5] * 3, [0.25] * 3)]).plan()\n"
+        "batch = torch.full((4, 8, 8, 3), 255, dtype=torch.uint8)\n"
+        "p.finish(batch)\n"
+        "class Data(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 4\n"
+        "    def __getitem__(self, i): return p.finish(batch)[0, 0, 0, 0]\n"
+        "loader = torch.utils.data.DataLoader(Data(), batch_size=2, num_workers=2)\n"
+        "print(sum(float(b.sum()) for b in loader))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) == 8.0  # (1 - 0.5) / 0.25 per sample, four samples

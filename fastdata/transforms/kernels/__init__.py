@@ -30,6 +30,28 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # The batch kernel already uses every core, so serialising its launches costs nothing.
 _PARALLEL_LOCK = threading.Lock()
 
+# NOTE [ Fork-safe threading layer ]
+# With GNU OpenMP (the "omp" layer Numba picks when torch has loaded libgomp), Numba kills
+# any process forked after a parallel kernel ran ("fork() called from a process already
+# using GNU OpenMP"): every later torch DataLoader with worker processes would die. So,
+# unless the user chose a layer (NUMBA_THREADING_LAYER), the first launch of a parallel
+# kernel selects "workqueue", which is fork-safe; its one limit, no concurrent launches,
+# is what the lock above provides. The kernel is memory-bound, so the layer does not
+# change its speed.
+_layer_chosen = False
+
+
+def _choose_threading_layer() -> None:
+    global _layer_chosen
+    if not _layer_chosen:
+        import os
+
+        import numba
+
+        if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+            numba.config.THREADING_LAYER = "workqueue"
+        _layer_chosen = True
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -61,6 +83,7 @@ def _numba_normalize_into(src: torch.Tensor, lut: torch.Tensor, out: torch.Tenso
     else:
         raise ValueError("out must be contiguous or channels-last")
     with _PARALLEL_LOCK:
+        _choose_threading_layer()
         kernel(s, table, dst)
 
 
@@ -110,5 +133,7 @@ def normalize_lut(mean, std, channels: int, dtype: torch.dtype, scale: bool = Tr
     values = values / s
     if dtype == torch.bfloat16:
         return torch.from_numpy(values).to(torch.bfloat16)
-    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}[dtype]
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}[
+        dtype
+    ]
     return torch.from_numpy(np.ascontiguousarray(values.astype(np_dtype)))
