@@ -40,6 +40,11 @@ from fastdata.engine import ON_ERROR, BatchEngine, EngineStats
 
 __all__ = ["DataLoader", "get_worker_info"]
 
+WORKER_MODES = ("auto", "threads", "processes")
+# Samples of at most this many output pixels are cheap to decode and transform, so the
+# Python around them (GIL held) dominates: worker processes, not threads, there.
+SMALL_IMAGE_PIXELS = 64 * 64
+
 
 class DataLoader(torch.utils.data.DataLoader):
     """A drop-in ``torch.utils.data.DataLoader`` with an optional compiled fast path.
@@ -56,6 +61,9 @@ class DataLoader(torch.utils.data.DataLoader):
             (``torch.contiguous_format`` or ``torch.channels_last``).
         on_error: compiled path only: ``"raise"``, ``"skip"`` or ``"warn"`` for an image
             that cannot be read or decoded; skips are counted in ``stats``.
+        worker_mode: compiled path only: ``"threads"``, ``"processes"`` or ``"auto"``
+            (processes for small images, threads otherwise; NOTE [ Threads, not processes ]
+            in ``fastdata.engine``).
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class DataLoader(torch.utils.data.DataLoader):
         device: torch.device | str | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
         on_error: str = "raise",
+        worker_mode: str = "auto",
     ) -> None:
         super().__init__(
             dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
@@ -91,6 +100,8 @@ class DataLoader(torch.utils.data.DataLoader):
         )  # fmt: skip
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if worker_mode not in WORKER_MODES:
+            raise ValueError(f"worker_mode must be one of {WORKER_MODES}, got {worker_mode!r}")
         if memory_format not in (torch.contiguous_format, torch.channels_last):
             raise ValueError(
                 "memory_format must be torch.contiguous_format or torch.channels_last, "
@@ -99,6 +110,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self.device = torch.device(device) if device is not None else None
         self.memory_format = memory_format
         self.on_error = on_error
+        self.worker_mode = worker_mode
         self.compiled: CompiledFolder | None = None
         self._stats = EngineStats()
         self._epoch = 0
@@ -148,7 +160,15 @@ class DataLoader(torch.utils.data.DataLoader):
             on_error=self.on_error,
             timeout=self.timeout,
             stats=self._stats,
+            processes=self._use_processes(),
         )
+
+    def _use_processes(self) -> bool:
+        """Threads or processes for the compiled path (NOTE [ Threads, not processes ])."""
+        if self.worker_mode != "auto":
+            return self.worker_mode == "processes" and self.batch_size is not None
+        h, w, _ = self.compiled.plan.sample_shape
+        return self.batch_size is not None and h * w <= SMALL_IMAGE_PIXELS
 
 
 class _CompiledIter:

@@ -113,9 +113,22 @@ def test_same_generator_same_batches_new_epoch_new_augmentations(folder):
     b = run(ds, True, seed=3, batch_size=8, shuffle=True, num_workers=1)
     for (x, y), (u, v) in zip(a, b, strict=True):
         assert torch.equal(x, u) and torch.equal(y, v)
+    c = run(ds, True, seed=3, batch_size=8, shuffle=True, num_workers=2, worker_mode="processes")
+    for (x, y), (u, v) in zip(a, c, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
     dl = DataLoader(ds, batch_size=21, compile=True, generator=torch.Generator().manual_seed(3))
     first, second = next(iter(dl))[0], next(iter(dl))[0]
     assert not torch.equal(first, second)
+
+
+def test_worker_mode_auto_picks_processes_for_small_images(folder):
+    small = datasets.ImageFolder(folder, transform=T.Compose([T.RandomCrop(32, padding=4), T.ToTensor()]))
+    large = datasets.ImageFolder(folder, transform=T.Compose([T.RandomResizedCrop(224), T.ToTensor()]))
+    assert DataLoader(small, batch_size=4, num_workers=2, compile=True)._use_processes()
+    assert not DataLoader(large, batch_size=4, num_workers=2, compile=True)._use_processes()
+    assert not DataLoader(small, batch_size=4, num_workers=2, compile=True, worker_mode="threads")._use_processes()
+    with pytest.raises(ValueError, match="worker_mode"):
+        DataLoader(small, worker_mode="fibers")
 
 
 def test_shuffle_gives_torchs_index_order_and_really_reorders(folder):
