@@ -22,19 +22,21 @@ import torchvision.transforms.v2 as v2
 from PIL import Image
 
 from fastdata import transforms as T
-from fastdata.decode import decode_image
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def _median_seconds(fn, reps: int) -> float:
-    fn()  # warm-up (compilation, caches)
-    times = []
+def _interleaved(cases: dict, reps: int) -> dict[str, float]:
+    """Median seconds per case, repetitions alternating between cases (load drifts hit all)."""
+    for fn in cases.values():
+        fn()  # warm-up (compilation, caches)
+    times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_normalize(n: int, size: int, reps: int) -> list[dict]:
@@ -54,16 +56,19 @@ def bench_normalize(n: int, size: int, reps: int) -> list[dict]:
     src_f, dst_f = torch.empty_like(out).numpy(), np.empty(out.shape, np.float32)
     src_f.fill(1.0)
     cases = {
-        "fastdata numba (fused table)": (lambda: plan.finish(batch, out=out), n * size * size * 3 * 5),
+        "fastdata numba (fused table)": (
+            lambda: plan.finish(batch, out=out),
+            n * size * size * 3 * 5,
+        ),
         "torchvision v2 ToDtype+Normalize": (lambda: tv(nchw_u8), n * size * size * 3 * 5),
         "torch copy_ + addcmul": (torch_ops, n * size * size * 3 * 5),
         "numpy float32 copy (ceiling)": (lambda: np.copyto(dst_f, src_f), n * size * size * 3 * 8),
     }
-    rows = []
-    for name, (fn, nbytes) in cases.items():
-        sec = _median_seconds(fn, reps)
-        rows.append({"case": name, "batches_per_s": 1 / sec, "GB_per_s": nbytes / sec / 1e9})
-    return rows
+    secs = _interleaved({k: fn for k, (fn, _) in cases.items()}, reps)
+    return [
+        {"case": k, "batches_per_s": 1 / secs[k], "GB_per_s": nbytes / secs[k] / 1e9}
+        for k, (_, nbytes) in cases.items()
+    ]
 
 
 def make_jpegs(count: int, h: int = 350, w: int = 400, quality: int = 90) -> list[bytes]:
@@ -79,7 +84,9 @@ def make_jpegs(count: int, h: int = 350, w: int = 400, quality: int = 90) -> lis
         p = photos[i % len(photos)]
         ch, cw = int(p.shape[0] * rng.uniform(0.7, 1)), int(p.shape[1] * rng.uniform(0.7, 1))
         y, x = int(rng.integers(0, p.shape[0] - ch + 1)), int(rng.integers(0, p.shape[1] - cw + 1))
-        img = Image.fromarray(np.ascontiguousarray(p[y : y + ch, x : x + cw, :3])).resize((w, h), Image.BICUBIC)
+        img = Image.fromarray(np.ascontiguousarray(p[y : y + ch, x : x + cw, :3])).resize(
+            (w, h), Image.BICUBIC
+        )
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=quality)
         out.append(buf.getvalue())
@@ -94,13 +101,14 @@ def bench_decoders(jpegs: list[bytes], reps: int) -> list[dict]:
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
     cases = {
         "Pillow": lambda: [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs],
-        "simplejpeg (fastdata.decode)": lambda: [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs],
+        "simplejpeg (fastdata.decode)": lambda: [
+            simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs
+        ],
         "torchvision.io.decode_jpeg": lambda: [tio.decode_jpeg(t) for t in tensors],
     }
     with _torch_threads(1):
-        return [
-            {"case": k, "images_per_s": len(jpegs) / _median_seconds(fn, reps)} for k, fn in cases.items()
-        ]
+        secs = _interleaved(cases, reps)
+    return [{"case": k, "images_per_s": len(jpegs) / v} for k, v in secs.items()]
 
 
 class _torch_threads:
@@ -142,21 +150,30 @@ def bench_decode_crop(jpegs: list[bytes], size: int, reps: int, threads=(1, 2)) 
 
         tv_tensor(tio.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
 
-    rows = []
+    cases = {}
+    for t in threads:
+        for name, fn in (
+            ("PIL + torchvision v2", pil_path),
+            ("torchvision.io + v2 (tensor)", tensor_path),
+            ("fastdata plan.sample_into", ours),
+        ):
+            cases[(name, t)] = lambda fn=fn, t=t: _run_threads(fn, jpegs, t)
     with _torch_threads(1):
-        for t in threads:
-            for name, fn in (("PIL + torchvision v2", pil_path), ("torchvision.io + v2 (tensor)", tensor_path),
-                             ("fastdata plan.sample_into", ours)):
-                sec = _median_seconds(lambda fn=fn, t=t: _run_threads(fn, jpegs, t), reps)
-                rows.append({"case": name, "threads": t, "images_per_s": len(jpegs) / sec})
-    return rows
+        secs = _interleaved(cases, reps)
+    return [
+        {"case": k[0], "threads": k[1], "images_per_s": len(jpegs) / v} for k, v in secs.items()
+    ]
 
 
 def _table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append(
+            "| "
+            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 

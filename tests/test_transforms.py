@@ -46,10 +46,23 @@ def _chw(arr: np.ndarray) -> torch.Tensor:
 
 
 def test_eval_pipeline_matches_torchvision_v2(jpegs):
-    ours = T.Compose([T.DecodeImage(), T.Resize(256), T.CenterCrop(224),
-                      T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
-    theirs = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True),
-                         v2.Normalize(MEAN, STD)])
+    ours = T.Compose(
+        [
+            T.DecodeImage(),
+            T.Resize(256),
+            T.CenterCrop(224),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+    theirs = v2.Compose(
+        [
+            v2.Resize(256),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
     for data in jpegs:
         a = ours(data)
         b = theirs(_chw(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))))
@@ -60,7 +73,12 @@ def test_eval_pipeline_matches_torchvision_v2(jpegs):
 
 
 @settings(max_examples=200, deadline=None)
-@given(h=st.integers(1, 3000), w=st.integers(1, 3000), s=st.integers(1, 600), max_extra=st.none() | st.integers(1, 900))
+@given(
+    h=st.integers(1, 3000),
+    w=st.integers(1, 3000),
+    s=st.integers(1, 600),
+    max_extra=st.none() | st.integers(1, 900),
+)
 def test_resize_output_size_follows_torchvision(h, w, s, max_extra):
     max_size = None if max_extra is None else s + max_extra
     theirs = TF._geometry._compute_resized_output_size((h, w), [s], max_size)
@@ -70,13 +88,17 @@ def test_resize_output_size_follows_torchvision(h, w, s, max_extra):
 
 @pytest.mark.parametrize("flip", [0.0, 1.0])
 def test_random_resized_crop_matches_torchvision_given_box(jpegs, flip):
-    pipeline = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(flip), T.RandomVerticalFlip(flip)])
+    pipeline = T.Compose(
+        [T.RandomResizedCrop(224), T.RandomHorizontalFlip(flip), T.RandomVerticalFlip(flip)]
+    )
     plan = pipeline.plan()
     for i, data in enumerate(jpegs):
         arr = decode_image(data)
         out = np.empty(plan.sample_shape, np.uint8)
         plan.sample_into(arr, out, np.random.default_rng(i))
-        top, left, h, w = rrc_box(*arr.shape[:2], (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(i))
+        top, left, h, w = rrc_box(
+            *arr.shape[:2], (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(i)
+        )
         ref = TF.resized_crop(_chw(arr), top, left, h, w, [224, 224], antialias=True)
         if flip:
             ref = ref.flip(-1).flip(-2)
@@ -93,8 +115,13 @@ def test_random_resized_crop_box_distribution_matches_torchvision():
     torch.manual_seed(0)
     tv = v2.RandomResizedCrop(224)
     dummy = torch.zeros(3, h, w, dtype=torch.uint8)
-    theirs = np.array([[p["top"], p["left"], p["height"], p["width"]] for p in
-                       (tv.make_params([dummy]) for _ in range(n))], float)
+    theirs = np.array(
+        [
+            [p["top"], p["left"], p["height"], p["width"]]
+            for p in (tv.make_params([dummy]) for _ in range(n))
+        ],
+        float,
+    )
     for k in range(4):
         assert ks_2samp(ours[:, k], theirs[:, k]).pvalue > 1e-3
     # A visibly different rule (scale range halved) is detected by the same test.
@@ -132,7 +159,9 @@ def test_brightness_close_to_torchvision():
 
 
 def test_same_rng_same_output_and_inputs_agree(jpegs):
-    pipeline = T.Compose([T.RandomResizedCrop(96), T.RandomHorizontalFlip(), T.ToDtype(torch.float16, scale=True)])
+    pipeline = T.Compose(
+        [T.RandomResizedCrop(96), T.RandomHorizontalFlip(), T.ToDtype(torch.float16, scale=True)]
+    )
     data = jpegs[1]
     arr = decode_image(data)
     a = pipeline(data, np.random.default_rng(11))
@@ -146,20 +175,31 @@ def test_same_rng_same_output_and_inputs_agree(jpegs):
 
 
 def test_plan_fills_batch_and_finish_layouts(jpegs):
-    pipeline = T.Compose([T.DecodeImage(), T.RandomResizedCrop((64, 80)), T.RandomHorizontalFlip(),
-                          T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    pipeline = T.Compose(
+        [
+            T.DecodeImage(),
+            T.RandomResizedCrop((64, 80)),
+            T.RandomHorizontalFlip(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(MEAN, STD),
+        ]
+    )
     plan = pipeline.plan()
     assert plan.sample_shape == (64, 80, 3)
     batch = np.zeros((len(jpegs), *plan.sample_shape), np.uint8)
     for i, data in enumerate(jpegs):
         plan.sample_into(data, batch[i], np.random.default_rng(i))
-        assert torch.allclose(plan.finish(torch.from_numpy(batch[i : i + 1]))[0],
-                              pipeline(data, np.random.default_rng(i)))
+        assert torch.allclose(
+            plan.finish(torch.from_numpy(batch[i : i + 1]))[0],
+            pipeline(data, np.random.default_rng(i)),
+        )
     nchw = plan.finish(torch.from_numpy(batch))
     cl = plan.finish(torch.from_numpy(batch), memory_format=torch.channels_last)
     assert nchw.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(nchw, cl)
-    ref = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(torch.from_numpy(batch).permute(0, 3, 1, 2)))
+    ref = v2.Normalize(MEAN, STD)(
+        v2.ToDtype(torch.float32, scale=True)(torch.from_numpy(batch).permute(0, 3, 1, 2))
+    )
     torch.testing.assert_close(nchw, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -171,7 +211,7 @@ def test_uint8_pipeline_finish_is_nchw_uint8():
 
 def test_unfixed_size_and_bad_order_raise_clear_errors():
     with pytest.raises(T.PlanError, match="no fixed output size"):
-        T.Compose([T.Resize(256)]).plan().sample_shape
+        _ = T.Compose([T.Resize(256)]).plan().sample_shape
     with pytest.raises(T.PlanError, match="ToDtype"):
         T.Compose([T.Normalize(MEAN, STD)]).plan()
     with pytest.raises(ValueError):
@@ -186,14 +226,18 @@ def test_unfixed_size_and_bad_order_raise_clear_errors():
         T.Compose([v2.RandomHorizontalFlip()])
     plan = T.Compose([T.CenterCrop(8)]).plan()
     with pytest.raises(ValueError, match="out must be"):
-        plan.sample_into(np.zeros((10, 10, 3), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng())
+        plan.sample_into(
+            np.zeros((10, 10, 3), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng()
+        )
 
 
 def test_corrupt_sample_raises_decode_error_naming_it(jpegs):
     plan = T.Compose([T.DecodeImage(), T.RandomResizedCrop(32)]).plan()
     out = np.empty(plan.sample_shape, np.uint8)
     with pytest.raises(DecodeError, match="k7"):
-        plan.sample_into(jpegs[0][:2000], out, np.random.default_rng(), url="s.tar", key="k7", field="jpg")
+        plan.sample_into(
+            jpegs[0][:2000], out, np.random.default_rng(), url="s.tar", key="k7", field="jpg"
+        )
 
 
 def test_two_resizes_run_step_by_step():
@@ -212,17 +256,38 @@ def test_float_tensor_input_takes_normalize():
 
 @pytest.mark.parametrize("tv", [v1, v2])
 def test_from_torchvision_reads_parameters(tv):
-    to_float = [tv.ToTensor()] if tv is v1 else [tv.ToImage(), tv.ToDtype(torch.float32, scale=True)]
-    pipeline = tv.Compose([
-        tv.RandomResizedCrop(160, scale=(0.3, 0.9), ratio=(0.5, 2.0), interpolation=tv.InterpolationMode.BICUBIC),
-        tv.RandomHorizontalFlip(p=0.25), tv.RandomCrop(150, padding=3, fill=7, padding_mode="reflect"),
-        *to_float, tv.Normalize(MEAN, STD), tv.GaussianBlur(3),
-    ])
+    to_float = (
+        [tv.ToTensor()] if tv is v1 else [tv.ToImage(), tv.ToDtype(torch.float32, scale=True)]
+    )
+    pipeline = tv.Compose(
+        [
+            tv.RandomResizedCrop(
+                160, scale=(0.3, 0.9), ratio=(0.5, 2.0), interpolation=tv.InterpolationMode.BICUBIC
+            ),
+            tv.RandomHorizontalFlip(p=0.25),
+            tv.RandomCrop(150, padding=3, fill=7, padding_mode="reflect"),
+            *to_float,
+            tv.Normalize(MEAN, STD),
+            tv.GaussianBlur(3),
+        ]
+    )
     ours, unsupported = T.from_torchvision(pipeline)
     names = [type(t).__name__ for t in ours.transforms]
-    assert names == ["DecodeImage", "RandomResizedCrop", "RandomHorizontalFlip", "RandomCrop", "ToDtype", "Normalize"]
+    assert names == [
+        "DecodeImage",
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "RandomCrop",
+        "ToDtype",
+        "Normalize",
+    ]
     rrc, flip, crop, to_dtype, norm = ours.transforms[1:]
-    assert (rrc.size, rrc.scale, rrc.ratio, rrc.interpolation) == ((160, 160), (0.3, 0.9), (0.5, 2.0), 2)
+    assert (rrc.size, rrc.scale, rrc.ratio, rrc.interpolation) == (
+        (160, 160),
+        (0.3, 0.9),
+        (0.5, 2.0),
+        2,
+    )
     assert flip.p == 0.25 and crop.padding == (3, 3, 3, 3) and crop.padding_mode == "reflect"
     assert crop.fill == (7, 7, 7) and to_dtype.scale and norm.mean == tuple(MEAN)
     assert len(unsupported) == 1 and "GaussianBlur" in unsupported[0]
@@ -230,7 +295,9 @@ def test_from_torchvision_reads_parameters(tv):
 
 
 def test_from_torchvision_eval_pipeline_gives_torchvision_numbers(jpegs):
-    tv = v2.Compose([v2.ToImage(), v2.Resize(256), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True)])
+    tv = v2.Compose(
+        [v2.ToImage(), v2.Resize(256), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True)]
+    )
     ours, unsupported = T.from_torchvision(tv)
     assert unsupported == []
     a = ours(jpegs[2])

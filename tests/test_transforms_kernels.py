@@ -23,7 +23,7 @@ def _tables(size, lo, length, n_resized, rows, kind, antialias):
 
 def _dense(size, starts, counts, weights):
     mat = np.zeros((len(starts), size))
-    for o, (s, c) in enumerate(zip(starts, counts)):
+    for o, (s, c) in enumerate(zip(starts, counts, strict=True)):
         mat[o, s : s + c] = weights[o, :c]
     return mat
 
@@ -37,7 +37,9 @@ def axis_case(draw):
     kind = draw(st.sampled_from([0, 1, 2]))
     antialias = draw(st.booleans())
     n_out = draw(st.integers(1, 64))
-    rows = np.asarray(draw(st.lists(st.integers(-1, n_resized - 1), min_size=n_out, max_size=n_out)), np.int32)
+    rows = np.asarray(
+        draw(st.lists(st.integers(-1, n_resized - 1), min_size=n_out, max_size=n_out)), np.int32
+    )
     return size, float(lo), float(length), n_resized, rows, kind, antialias
 
 
@@ -54,8 +56,13 @@ def test_axis_tables_match_reference_matrix(case):
 
 @FAST
 @given(
-    h=st.integers(1, 80), w=st.integers(1, 80), oh=st.integers(1, 48), ow=st.integers(1, 48),
-    kind=st.sampled_from([0, 1, 2]), antialias=st.booleans(), seed=st.integers(0, 2**32 - 1),
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    oh=st.integers(1, 48),
+    ow=st.integers(1, 48),
+    kind=st.sampled_from([0, 1, 2]),
+    antialias=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
     gain=st.sampled_from([1.0, 0.7, 1.3]),
 )
 def test_resample_matches_reference(h, w, oh, ow, kind, antialias, seed, gain):
@@ -71,7 +78,9 @@ def test_resample_matches_reference(h, w, oh, ow, kind, antialias, seed, gain):
     fill = rng.integers(0, 256, 3).astype(np.uint8)
     out = np.empty((oh, ow, 3), np.uint8)
     cpu.resample_into(src, *_tables(*axes[0]), *_tables(*axes[1]), fill, np.float32(gain), out)
-    ref = reference.resample(src, reference.axis_matrix(*axes[0]), reference.axis_matrix(*axes[1]), fill, gain)
+    ref = reference.resample(
+        src, reference.axis_matrix(*axes[0]), reference.axis_matrix(*axes[1]), fill, gain
+    )
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1  # float32 vs float64 at .5 ties
 
 
@@ -97,9 +106,12 @@ def _check_normalize(backend_fn, n, h, w, dtype, channels_last, seed):
 
 @FAST
 @given(
-    n=st.integers(1, 4), h=st.integers(1, 17), w=st.integers(1, 17),
+    n=st.integers(1, 4),
+    h=st.integers(1, 17),
+    w=st.integers(1, 17),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
-    channels_last=st.booleans(), seed=st.integers(0, 2**32 - 1),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
 )
 def test_normalize_backends_match_reference(n, h, w, dtype, channels_last, seed):
     _check_normalize(select_backend("cpu").normalize_into, n, h, w, dtype, channels_last, seed)

@@ -136,7 +136,9 @@ class Geometry:
             self.rows[a] = rows[::-1].copy() if self.flipped[a] else rows
         return self.rows[a]
 
-    def crop(self, offsets: tuple[int, int], sizes: tuple[int, int], mode: str = "constant", fill=None) -> None:
+    def crop(
+        self, offsets: tuple[int, int], sizes: tuple[int, int], mode: str = "constant", fill=None
+    ) -> None:
         """Crop ``sizes`` pixels starting at ``offsets`` (may lie outside: padding by ``mode``)."""
         if fill is not None:
             self.fill = fill
@@ -186,11 +188,12 @@ class Geometry:
         from the sizes), not ``height / source height``.
         """
         fits = [
-            m for m in range(1, 17)
+            m
+            for m in range(1, 17)
             if all(-(-self.source[a] * m // 8) == new for a, new in enumerate((height, width)))
         ]
         factors = [m / 8 for m in fits[:1]] or [height / self.source[0], width / self.source[1]]
-        for a, new in enumerate((height, width)):
+        for a in (0, 1):
             f = factors[min(a, len(factors) - 1)]
             self.lo[a] *= f
             self.length[a] *= f
@@ -204,5 +207,7 @@ class Geometry:
             if self.resized is None:
                 out.append((self.lo[a], self.length[a], int(round(self.length[a])), rows, 0, False))
             else:
-                out.append((self.lo[a], self.length[a], self.resized[a], rows, self.kind, self.antialias))
+                out.append(
+                    (self.lo[a], self.length[a], self.resized[a], rows, self.kind, self.antialias)
+                )
         return out

@@ -98,10 +98,14 @@ class Resize(Transform):
         antialias: widen the filter when shrinking (torchvision's default True).
     """
 
-    def __init__(self, size, interpolation="bilinear", max_size: int | None = None, antialias: bool = True) -> None:
+    def __init__(
+        self, size, interpolation="bilinear", max_size: int | None = None, antialias: bool = True
+    ) -> None:
         if isinstance(size, numbers.Integral):
             size = (int(size),)
-        if not (isinstance(size, Sequence) and len(size) in (1, 2) and all(int(s) > 0 for s in size)):
+        if not (
+            isinstance(size, Sequence) and len(size) in (1, 2) and all(int(s) > 0 for s in size)
+        ):
             raise ValueError(f"Resize: size must be a positive int, [int] or (h, w), got {size!r}")
         if max_size is not None and (len(size) != 1 or max_size <= size[0]):
             raise ValueError("Resize: max_size needs an int size smaller than max_size")
@@ -131,12 +135,23 @@ class RandomResizedCrop(Transform):
         antialias: see :class:`Resize`.
     """
 
-    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear", antialias=True):
+    def __init__(
+        self,
+        size,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        interpolation="bilinear",
+        antialias=True,
+    ):
         self.size = _pair(size, "RandomResizedCrop")
         if not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
-            raise ValueError(f"RandomResizedCrop: scale must be (min, max) with 0 < min <= max, got {scale!r}")
+            raise ValueError(
+                f"RandomResizedCrop: scale must be (min, max) with 0 < min <= max, got {scale!r}"
+            )
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"RandomResizedCrop: ratio must be (min, max) with 0 < min <= max, got {ratio!r}")
+            raise ValueError(
+                f"RandomResizedCrop: ratio must be (min, max) with 0 < min <= max, got {ratio!r}"
+            )
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.interpolation = _interpolation(interpolation)
@@ -183,7 +198,9 @@ class RandomCrop(Transform):
         self.pad_if_needed = bool(pad_if_needed)
         self.fill = _fill(fill)
         if padding_mode not in PAD_MODES:
-            raise ValueError(f"RandomCrop: padding_mode must be one of {PAD_MODES}, got {padding_mode!r}")
+            raise ValueError(
+                f"RandomCrop: padding_mode must be one of {PAD_MODES}, got {padding_mode!r}"
+            )
         self.padding_mode = padding_mode
 
     def declare(self, size: Size | None) -> Size | None:
@@ -200,7 +217,11 @@ class RandomCrop(Transform):
             padded = n + before + after
             if padded < self.size[a]:
                 raise ValueError(f"RandomCrop: crop {self.size} is larger than the padded image")
-            offsets.append(int(rng.integers(0, padded - self.size[a] + 1)) - before if padded > self.size[a] else -before)
+            offsets.append(
+                int(rng.integers(0, padded - self.size[a] + 1)) - before
+                if padded > self.size[a]
+                else -before
+            )
         geom.crop(tuple(offsets), self.size, self.padding_mode, self.fill)
 
 
@@ -260,7 +281,9 @@ class ColorJitter(Transform):
 
     def __init__(self, brightness: float = 0.0, contrast=0, saturation=0, hue=0) -> None:
         if any(v not in (0, None) for v in (contrast, saturation, hue)):
-            raise ValueError("ColorJitter: only brightness is compiled; contrast, saturation and hue must be 0")
+            raise ValueError(
+                "ColorJitter: only brightness is compiled; contrast, saturation and hue must be 0"
+            )
         if isinstance(brightness, Sequence):
             lo, hi = float(brightness[0]), float(brightness[1])
         else:
@@ -281,7 +304,9 @@ class ToDtype(Transform):
 
     def __init__(self, dtype: torch.dtype, scale: bool = False) -> None:
         if dtype not in SUPPORTED_DTYPES and dtype != torch.uint8:
-            raise ValueError(f"ToDtype: dtype must be uint8 or one of {SUPPORTED_DTYPES}, got {dtype!r}")
+            raise ValueError(
+                f"ToDtype: dtype must be uint8 or one of {SUPPORTED_DTYPES}, got {dtype!r}"
+            )
         self.dtype = dtype
         self.scale = bool(scale)
 
@@ -294,7 +319,9 @@ class Normalize(Transform):
     def __init__(self, mean: Sequence[float], std: Sequence[float], inplace: bool = False) -> None:
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) not in (1, 3) or len(std) not in (1, 3):
-            raise ValueError(f"Normalize: mean and std need 1 or 3 values, got {mean!r} and {std!r}")
+            raise ValueError(
+                f"Normalize: mean and std need 1 or 3 values, got {mean!r} and {std!r}"
+            )
         if any(s == 0 for s in std):
             raise ValueError(f"Normalize: std must be non-zero, got {std!r}")
         self.mean, self.std = tuple(mean), tuple(std)

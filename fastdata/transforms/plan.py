@@ -85,9 +85,13 @@ class Plan:
         self.sample_ops = [t for t in self.transforms if t.stage == "sample"]
         decoders = [t for t in self.transforms if isinstance(t, DecodeImage)]
         self.reduce = decoders[-1].reduce if decoders else True
-        resizes = [t for t in self.sample_ops if type(t).__name__ in ("Resize", "RandomResizedCrop")]
+        resizes = [
+            t for t in self.sample_ops if type(t).__name__ in ("Resize", "RandomResizedCrop")
+        ]
         if len(resizes) > 1:
-            raise PlanError("a compiled pipeline can resize once; run the steps one at a time instead")
+            raise PlanError(
+                "a compiled pipeline can resize once; run the steps one at a time instead"
+            )
         self.dtype, self.scale, self.mean, self.std = self._batch_stage()
         self._luts: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -100,7 +104,9 @@ class Plan:
                 dtype, scale = t.dtype, scale or t.scale
             elif isinstance(t, Normalize):
                 if dtype == torch.uint8:
-                    raise PlanError("Normalize needs a float input: put ToDtype(torch.float32, scale=True) before it")
+                    raise PlanError(
+                        "Normalize needs a float input: put ToDtype(torch.float32, scale=True) before it"
+                    )
                 if mean is not None:
                     raise PlanError("only one Normalize can be fused")
                 mean, std = t.mean, t.std
@@ -145,7 +151,9 @@ class Plan:
             geom.rescale(*arr.shape[:2])
         return arr
 
-    def sample_into(self, src, out: np.ndarray, rng: np.random.Generator, *, url=None, key=None, field=None) -> None:
+    def sample_into(
+        self, src, out: np.ndarray, rng: np.random.Generator, *, url=None, key=None, field=None
+    ) -> None:
         """Decode (if bytes) and transform one sample straight into ``out``.
 
         Args:
@@ -161,7 +169,9 @@ class Plan:
         geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
         size = geom.size()
         if out.dtype != np.uint8 or out.shape != (*size, CHANNELS) or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous uint8 {(*size, CHANNELS)} array, got {out.dtype} {out.shape}")
+            raise ValueError(
+                f"out must be a C-contiguous uint8 {(*size, CHANNELS)} array, got {out.dtype} {out.shape}"
+            )
         self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
 
     def sample(self, src, rng: np.random.Generator) -> np.ndarray:
@@ -192,7 +202,9 @@ class Plan:
             self._luts[k] = table.to(device)
         return self._luts[k]
 
-    def finish(self, batch: torch.Tensor, device=None, memory_format=torch.contiguous_format, out=None) -> torch.Tensor:
+    def finish(
+        self, batch: torch.Tensor, device=None, memory_format=torch.contiguous_format, out=None
+    ) -> torch.Tensor:
         """Convert a uint8 NHWC batch into the pipeline's output, NCHW, on ``device``.
 
         Args:
@@ -206,14 +218,18 @@ class Plan:
             ValueError: ``batch`` is not a uint8 NHWC tensor with 3 channels.
         """
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[3] != CHANNELS:
-            raise ValueError(f"finish expects a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
+            raise ValueError(
+                f"finish expects a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}"
+            )
         if device is not None:
             batch = batch.to(device, non_blocking=True)
         nchw = batch.permute(0, 3, 1, 2)
         if self.dtype == torch.uint8:
             return nchw.contiguous(memory_format=memory_format)
         if out is None:
-            out = torch.empty(nchw.shape, dtype=self.dtype, device=batch.device, memory_format=memory_format)
+            out = torch.empty(
+                nchw.shape, dtype=self.dtype, device=batch.device, memory_format=memory_format
+            )
         select_backend(batch.device).normalize_into(batch.contiguous(), self.lut(batch.device), out)
         return out
 
@@ -224,7 +240,9 @@ class Plan:
         return self.finish(torch.from_numpy(hwc)[None])[0]
 
 
-def run_sequential(transforms: list[Transform], sample, rng: np.random.Generator | None = None) -> torch.Tensor:
+def run_sequential(
+    transforms: list[Transform], sample, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """Apply steps one at a time to one sample (for pipelines one plan cannot express).
 
     A floating-point CHW tensor input accepts only ToDtype and Normalize, applied with torch ops.
@@ -235,7 +253,9 @@ def run_sequential(transforms: list[Transform], sample, rng: np.random.Generator
     current = sample
     for i, t in enumerate(transforms):
         if t.stage == "batch":
-            return Plan(transforms[i:])(_as_hwc(current) if not isinstance(current, bytes) else current, rng)
+            return Plan(transforms[i:])(
+                _as_hwc(current) if not isinstance(current, bytes) else current, rng
+            )
         if t.stage == "decode":
             if isinstance(current, (bytes, bytearray, memoryview)):
                 current = decode_image(bytes(current))
@@ -255,7 +275,9 @@ def _float_steps(transforms: list[Transform], x: torch.Tensor) -> torch.Tensor:
             std = torch.tensor(t.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
             x = (x - mean) / std
         else:
-            raise TypeError(f"{type(t).__name__} takes uint8 images (bytes, HWC arrays or CHW uint8 tensors)")
+            raise TypeError(
+                f"{type(t).__name__} takes uint8 images (bytes, HWC arrays or CHW uint8 tensors)"
+            )
     return x
 
 

@@ -41,7 +41,11 @@ def _convert_one(t) -> list:
     if name == "Resize":
         return [ops.Resize(t.size, t.interpolation, t.max_size, t.antialias is not False)]
     if name == "RandomResizedCrop":
-        return [ops.RandomResizedCrop(t.size, t.scale, t.ratio, t.interpolation, t.antialias is not False)]
+        return [
+            ops.RandomResizedCrop(
+                t.size, t.scale, t.ratio, t.interpolation, t.antialias is not False
+            )
+        ]
     if name == "CenterCrop":
         return [ops.CenterCrop(t.size)]
     if name == "RandomCrop":

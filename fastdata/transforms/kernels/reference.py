@@ -24,7 +24,13 @@ def _filter(kind: int, x: np.ndarray) -> np.ndarray:
 
 
 def axis_matrix(
-    size: int, lo: float, length: float, n_resized: int, rows: np.ndarray, kind: int, antialias: bool
+    size: int,
+    lo: float,
+    length: float,
+    n_resized: int,
+    rows: np.ndarray,
+    kind: int,
+    antialias: bool,
 ) -> np.ndarray:
     """Dense float64 ``(len(rows), size)`` matrix of one output axis; fill rows are zero.
 
@@ -43,14 +49,18 @@ def axis_matrix(
             mat[o, min(max(clip_lo + src, 0), size - 1)] = 1.0
             continue
         center = lo + (r + 0.5) * scale
-        taps = np.arange(max(int(center - support + 0.5), clip_lo), min(int(center + support + 0.5), clip_hi))
+        taps = np.arange(
+            max(int(center - support + 0.5), clip_lo), min(int(center + support + 0.5), clip_hi)
+        )
         w = _filter(kind, (taps - center + 0.5) / stretch)
         if w.sum() != 0:
             mat[o, taps] = w / w.sum()
     return mat
 
 
-def resample(src: np.ndarray, ymat: np.ndarray, xmat: np.ndarray, fill: np.ndarray, gain: float = 1.0) -> np.ndarray:
+def resample(
+    src: np.ndarray, ymat: np.ndarray, xmat: np.ndarray, fill: np.ndarray, gain: float = 1.0
+) -> np.ndarray:
     """Resample an HWC uint8 image with dense axis matrices; returns HWC uint8."""
     img = src.astype(np.float64)
     out = np.einsum("oy,yxc->oxc", ymat, img)
@@ -71,6 +81,8 @@ def normalize(batch: np.ndarray, mean, std, dtype, channels_last: bool = False) 
         dtype: NumPy output dtype (float16, float32 or float64).
         channels_last: return ``(N, H, W, C)`` instead of ``(N, C, H, W)``.
     """
-    x = (batch.astype(np.float64) / 255.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    x = (batch.astype(np.float64) / 255.0 - np.asarray(mean, np.float64)) / np.asarray(
+        std, np.float64
+    )
     x = x.astype(dtype)
     return x if channels_last else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
