@@ -282,8 +282,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 states.append(state)
                 yield batch
 
+        if engine is not None:
+            batches = engine.iterate(refs(), epoch=epoch, rank=rank, seed=self.seed)
+        else:
+            batches = map(self._fields_only(stats), refs())
         try:
-            batches = engine.iterate(refs(), epoch=epoch, rank=rank, seed=self.seed) if engine else map(self._fields_only(stats), refs())
             for images, extras in batches:
                 self._consumed = states.popleft()
                 if images is None:
@@ -291,7 +294,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 else:
                     yield [images, *extras] if self.fields else images
             self._consumed = {**start, **self._fresh(epoch + 1, workers), "limit": None}
-        finally:
+        finally:  # the engine's iteration first: it waits for its queued work
+            if engine is not None:
+                batches.close()
             for p in producers:
                 p.close()
             if engine is not None:
@@ -434,8 +439,8 @@ class _StreamPlan:
         else:
             self.plan.sample_into(src, out, rng)
 
-    def finish(self, batch: torch.Tensor, device: Any = None, memory_format: Any = torch.contiguous_format) -> Any:
-        return self.plan.finish(batch, device=device, memory_format=memory_format)
+    def finish(self, batch: torch.Tensor, **kwargs: Any) -> Any:
+        return self.plan.finish(batch, **kwargs)
 
 
 def _compile(transform: Any) -> Any:

@@ -199,12 +199,22 @@ def test_decode_npy_matches_numpy(tmp_path):
         np.testing.assert_array_equal(decode_npy(buf.getvalue()), arr)
 
 
+@pytest.mark.slow
 def test_torch_dataloader_gets_single_samples_split_by_worker(tmp_path):
     urls, pixels = write_image_shards(str(tmp_path), 40, 5)
     ds = ShardDataset(urls, transform=aug(), fields=("__key__", "cls"))
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="spawn")
     seen = collections.Counter(k for _, keys, _ in loader for k in keys)
     assert set(seen) == set(pixels) and set(seen.values()) == {1}
+
+
+def test_torch_dataloader_without_workers_collates_single_samples(tmp_path):
+    urls, pixels = write_image_shards(str(tmp_path), 13, 5)
+    ds = ShardDataset(urls, transform=aug(), fields=("__key__", "cls"))
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=4))
+    assert [len(k) for _, k, _ in batches] == [4, 4, 4, 1]
+    assert batches[0][0].shape == (4, 3, 8, 8) and batches[0][0].dtype == torch.float32
+    assert sorted(k for _, keys, _ in batches for k in keys) == sorted(pixels)
 
 
 def test_fastdata_dataloader_uses_the_stream(tmp_path):
