@@ -127,8 +127,10 @@ def fit(
         log_every: steps between loss readings (each one synchronises with the device).
         progress: show a progress bar.
     """
-    if scheduler not in ("cosine", None):
-        raise FastdataError(f"unknown scheduler {scheduler!r}; use 'cosine' or None")
+    if scheduler not in ("cosine", None) or log_every < 1:
+        raise FastdataError(
+            f"need scheduler 'cosine' or None and log_every >= 1; got {scheduler!r}, {log_every}"
+        )
     feed = Feed(device, amp=amp, channels_last=channels_last, normalize=normalize)
     device = feed.device
     fmt = torch.channels_last if feed.channels_last else torch.preserve_format
@@ -146,6 +148,9 @@ def fit(
     step = result.steps[-1]["step"] if result.steps else 0
     for epoch in range(len(result.history), epochs):
         model.train()
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         total = _length(train_loader, steps_per_epoch)
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)

@@ -241,3 +241,14 @@ def test_fit_on_cuda_with_amp_and_channels_last():
     assert next(model.parameters()).is_cuda
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert result.report.accuracy > 0.85
+
+
+def test_distributed_sampler_gets_the_epoch():
+    from torch.utils.data.distributed import DistributedSampler
+
+    data = separable(32, 6)
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=0)
+    loader = DataLoader(data, batch_size=8, sampler=sampler)
+    result = fit(tiny_cnn(), loader, epochs=3, progress=False)
+    assert sampler.epoch == 2
+    assert [h["samples"] for h in result.history] == [16, 16, 16]
