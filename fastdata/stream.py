@@ -28,7 +28,9 @@ With ``on_error`` "skip"/"warn", a shard that cannot be opened or breaks off, or
 fewer samples than the index says, yields a failing placeholder for each missing sample;
 the engine replaces those within their batch and counts them as skipped (NOTE [ Skipping
 bad samples ] in ``fastdata.engine``). So the number of batches still equals what the
-index promised on every rank, and DDP does not hang on a bad shard.
+index promised on every rank, and DDP does not hang on a bad shard. A batch in which every
+sample failed cannot be filled and raises; without shuffling, a lost shard of at least a
+batch of samples does that, so use ``shuffle=True`` (the buffer spreads the gap out).
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ class Producer:
             self._stop.set()
             while not self._queue.empty():
                 self._queue.get_nowait()
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=1)  # a reader blocked in I/O is a daemon: left behind
 
 
 def merge(
