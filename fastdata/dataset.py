@@ -143,8 +143,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _look_up_counts(self) -> list[int] | None:
         path = self.index or find_index(self.urls)
         if path is not None:
-            with open_url(path) as f:
-                shards = json.load(f)["shards"] if "://" in path else read_index(path)["shards"]
+            shards = _remote_index(path) if "://" in path else read_index(path)["shards"]
             by_name = {s["name"]: int(s["count"]) for s in shards}
             names = [u.rsplit("/", 1)[-1] for u in self.urls]
             if all(n in by_name for n in names):
@@ -455,6 +454,14 @@ def _compile(transform: Any) -> Any:
     if unsupported:
         raise ValueError(f"transform cannot be compiled: {', '.join(map(str, unsupported))}")
     return pipeline.plan()
+
+
+def _remote_index(url: str) -> list[dict]:
+    with open_url(url) as f:
+        index = json.load(f)
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise FastdataError(f"{url}: not a fastdata index (no list of shards)")
+    return index["shards"]
 
 
 def _add_wait(stats: EngineStats):
