@@ -104,6 +104,9 @@ def assert_same(a, b) -> None:
 
 
 def test_is_a_torch_dataloader_with_the_same_signature():
+    import fastdata
+
+    assert fastdata.DataLoader is DataLoader and fastdata.get_worker_info is tud.get_worker_info
     dl = DataLoader(Squares(4))
     assert isinstance(dl, tud.DataLoader)
     ours = inspect.signature(DataLoader.__init__).parameters
