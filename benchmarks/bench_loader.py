@@ -45,7 +45,9 @@ def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
 
     folders = {"imagenet": root / f"imagenet-{jpegs}", "cifar": root / f"cifar-{pngs}"}
     if not folders["imagenet"].exists():
-        make_image_folder(folders["imagenet"], n_per_class=jpegs // len(DEFAULT_CLASSES), quality=90)
+        make_image_folder(
+            folders["imagenet"], n_per_class=jpegs // len(DEFAULT_CLASSES), quality=90
+        )
     if not folders["cifar"].exists():
         for ci, name in enumerate(DEFAULT_CLASSES):
             photo, out = load_photograph(name), folders["cifar"] / name
@@ -55,7 +57,9 @@ def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
                 w, h = photo.size
                 side = int(rng.integers(32, min(w, h) // 2))
                 x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
-                photo.resize((32, 32), Image.BILINEAR, box=(x, y, x + side, y + side)).save(out / f"{i:05d}.png")
+                photo.resize((32, 32), Image.BILINEAR, box=(x, y, x + side, y + side)).save(
+                    out / f"{i:05d}.png"
+                )
     return folders
 
 
@@ -71,7 +75,9 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int):
         steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
     else:
         steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    dataset = datasets.ImageFolder(str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)]))
+    dataset = datasets.ImageFolder(
+        str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+    )
     cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loader.DataLoader
     extra = {"compile": True} if variant == "compile" else {}
     return cls(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **extra)
@@ -120,8 +126,19 @@ def _memory(pids: list[int]) -> tuple[int, int]:
 
 def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
     """Runs one child; returns its samples/s and the peak memory of its process tree."""
-    cmd = [sys.executable, __file__, "--child", variant, workload, str(folder), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        workload,
+        str(folder),
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     peak_rss = peak_pss = 0
     while proc.poll() is None:
         rss, pss = _memory(_tree(proc.pid))
@@ -137,7 +154,7 @@ def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
 def table(results: dict, reps: int, workers: int) -> str:
     """The Markdown table of medians with ratios to torch."""
     lines = [
-        f"| workload | loader | samples/s | × torch | peak RSS (MiB) | peak PSS (MiB) |",
+        "| workload | loader | samples/s | × torch | peak RSS (MiB) | peak PSS (MiB) |",
         "|---|---|---|---|---|---|",
     ]
     for workload, by_variant in results.items():
@@ -148,7 +165,9 @@ def table(results: dict, reps: int, workers: int) -> str:
             pss = statistics.median(r["pss"] for r in runs) / 2**20
             name = {"torch": "torch DataLoader", "fastdata": "fastdata.DataLoader",
                     "compile": "fastdata.DataLoader(compile=True)"}[variant]  # fmt: skip
-            lines.append(f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {rss:,.0f} | {pss:,.0f} |")
+            lines.append(
+                f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {rss:,.0f} | {pss:,.0f} |"
+            )
     note = f"\n{workers} workers, shuffle=True, medians of {reps} alternating repetitions, one epoch each.\n"
     return "\n".join(lines) + note
 
@@ -158,7 +177,7 @@ def write_section(text: str, path: Path) -> None:
     doc = path.read_text()
     block = f"{START}\n{text}{END}"
     if START in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
+        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
     else:
         doc = doc.rstrip("\n") + "\n\n## DataLoader\n\n" + block + "\n"
     path.write_text(doc)
@@ -173,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", default=["imagenet", "cifar"])
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "FOLDER"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.child:
@@ -186,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             for variant in VARIANTS:
                 r = measure(variant, workload, folders[workload], args.workers)
                 results[workload][variant].append(r)
-                print(f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB", flush=True)
+                print(
+                    f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB",
+                    flush=True,
+                )
     text = table(results, args.reps, args.workers)
     print(text)
     if args.write:

@@ -34,34 +34,30 @@ timeout and the first error of a sample reaches the consumer as the exception it
 (with its traceback), wrapped in ``DecodeError`` when it was not already a fastdata error.
 
 NOTE [ Threads, not processes ]
-The per-sample work (reading a file, decoding with libjpeg-turbo or Pillow, the Numba
-``nogil`` geometry kernels) spends nearly all of its time outside the GIL, and the batch
-stage is one Numba/torch call per batch. So a thread pool scales over the cores without
-pickling a single batch: every worker thread writes straight into the shared, preallocated
-buffer. Measured on the 2-core benchmark machine (see BENCHMARKS.md, "DataLoader"), two
-threads decode and crop ImageNet-like JPEGs close to twice as fast as one. Processes remain
-the right tool where arbitrary user Python runs per sample; that is what the drop-in
-(uncompiled) ``DataLoader`` keeps doing.
-
-NOTE [ Buffer reuse ]
-The ring holds ``ring_size`` uint8 NHWC buffers, pinned when the batches go to CUDA. A
-buffer is handed to the worker threads again only when (1) ``finish`` has returned for the
-batch it held and (2) on CUDA, the event recorded on the current stream right after
-``finish`` has completed, i.e. the non-blocking host-to-device copy that reads it is done.
-The consumer never sees a ring buffer: if ``finish`` returns a tensor sharing its memory
-(a plan with nothing to convert), the engine copies it first. This is the race SPDL
-documents with the caching allocator: reusing a pinned buffer while an asynchronous copy
-still reads it corrupts the batch silently.
+Threads when the per-sample work runs mostly outside the GIL, forked processes when it
+does not; decided from profiles of the two benchmark workloads (BENCHMARKS.md,
+"DataLoader") on the 2-core machine:
+- ImageNet-like JPEG -> RandomResizedCrop(224) + flip: ~2.3 ms of CPU per sample, of which
+  ~1.0 ms is libjpeg-turbo decoding and ~1.1 ms the Numba ``nogil`` resampling, both
+  releasing the GIL; the Python around them is under 10%. Threads scale, write straight
+  into the ring and pickle nothing.
+- 32x32 PNG -> RandomCrop(32, padding=4) + flip: ~0.45 ms per sample, ~80% of it Python
+  holding the GIL (Pillow's PNG plugin, per-sample parameter and table setup). A second
+  thread added nothing (1,279 vs 1,290 samples/s with one and two threads in one run), so
+  ``processes=True`` forks ``num_threads`` workers that write into a shared-memory ring;
+  only the ``SampleRef`` lists go to them and only failures come back, never pixels.
+The loader picks processes for outputs of at most 64x64 pixels (``worker_mode="auto"``).
+Buffers are reused only when safe: NOTE [ Buffer reuse ] and NOTE [ Output reuse ] in
+``fastdata.buffers``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import threading
-import traceback
 import time
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -81,6 +77,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from fastdata.buffers import BatchRing, OutputPool, shares_memory
 from fastdata.errors import DecodeError, FastdataError
 
 __all__ = ["BatchEngine", "EngineStats", "Plan", "SampleRef", "SampleRng", "ON_ERROR"]
@@ -184,94 +181,6 @@ class SampleRng:
         return local.gen
 
 
-class _Ring:
-    """Preallocated uint8 NHWC batch buffers with their reuse events (NOTE [ Buffer reuse ])."""
-
-    def __init__(
-        self, size: int, batch_size: int, shape: tuple[int, int, int], pin: bool, shared: bool
-    ) -> None:
-        self.shape, self.pin, self.shared = shape, pin, shared
-        self.tensors = [self._alloc(batch_size) for _ in range(size)]
-        self.arrays = [t.numpy() for t in self.tensors]
-        self.events: list[Any] = [None] * size
-        self.free: deque[int] = deque(range(size))
-
-    def _alloc(self, n: int) -> torch.Tensor:
-        if self.shared:  # worker processes write here (see NOTE [ Threads, not processes ])
-            return torch.empty((n, *self.shape), dtype=torch.uint8).share_memory_()
-        return torch.empty((n, *self.shape), dtype=torch.uint8, pin_memory=self.pin)
-
-    def take(self, n: int) -> int:
-        """A free buffer of at least ``n`` samples, once no copy still reads it."""
-        slot = self.free.popleft()
-        event = self.events[slot]
-        if event is not None:
-            event.synchronize()
-            self.events[slot] = None
-        if self.tensors[slot].shape[0] < n:  # a larger batch than any before: grow
-            if self.shared:
-                self.free.appendleft(slot)
-                raise ValueError(
-                    f"a batch of {n} samples does not fit the engine's {self.tensors[slot].shape[0]}"
-                    "-sample buffers, which worker processes cannot grow; give batch_size"
-                )
-            self.tensors[slot] = self._alloc(n)
-            self.arrays[slot] = self.tensors[slot].numpy()
-        return slot
-
-    def give_back(self, slot: int, on_cuda: bool) -> None:
-        """Returns a buffer; on CUDA it is reusable once the work queued so far is done."""
-        if on_cuda:
-            event = torch.cuda.Event()
-            event.record()
-            self.events[slot] = event
-        self.free.append(slot)
-
-
-class _OutputPool:
-    """CPU output batches that ``finish`` may write again once the consumer dropped them.
-
-    NOTE [ Output reuse ]
-    A fresh 256x3x224x224 float32 batch is 154 MB; allocating it per batch costs ~100 ms of
-    page faults on the benchmark machine, as much as normalising it. So the engine keeps up
-    the last ``size`` batches it returned and hands one back to ``finish(out=...)`` only
-    when nothing else refers to it: no Python reference but the pool's (``sys.getrefcount``)
-    and no other tensor, view or NumPy array on its storage (the storage's use count). A
-    consumer that keeps its batches simply gets fresh ones. The engine drops its own
-    reference right after yielding. CUDA outputs are not pooled: the caching allocator
-    already reuses device memory.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.tensors: list[torch.Tensor] = []
-
-    def get(self, n: int) -> torch.Tensor | None:
-        """A pooled batch of ``n`` samples nobody else refers to, or None."""
-        for i in range(len(self.tensors)):
-            if self.tensors[i].shape[0] == n and _unreferenced(self.tensors, i):
-                return self.tensors[i]
-        return None
-
-    def keep(self, out: Any) -> None:
-        """Remembers a batch ``finish`` returned (if there is room and it is a CPU tensor)."""
-        if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
-            return
-        if self.size == 0 or any(t is out for t in self.tensors):
-            return
-        self.tensors.append(out)  # the pool follows the latest batches
-        if len(self.tensors) > self.size:
-            del self.tensors[0]
-
-
-def _unreferenced(tensors: list[torch.Tensor], i: int) -> bool:
-    # getrefcount sees the list's reference and its own argument; the storage's use count
-    # sees the tensor and the temporary storage object.
-    if sys.getrefcount(tensors[i]) != 2:
-        return False
-    return torch._C._storage_Use_Count(tensors[i].untyped_storage()._cdata) == 2
-
-
 @dataclass
 class _InFlight:
     slot: int
@@ -339,17 +248,17 @@ class BatchEngine:
         self.processes = bool(processes) and num_threads > 0 and _can_fork()
         self.stats = stats if stats is not None else EngineStats()
         self._on_cuda = self.device is not None and self.device.type == "cuda"
-        self._ring: _Ring | None = None
+        self._ring: BatchRing | None = None
         self._pool: Executor | None = None
-        self._outputs = _OutputPool(0 if self._on_cuda else 3)
+        self._outputs = OutputPool(0 if self._on_cuda else 3)
 
     # -- life cycle -------------------------------------------------------------------
 
-    def _start(self) -> _Ring:
+    def _start(self) -> BatchRing:
         if self._ring is None:
             shape = tuple(int(v) for v in self.plan.sample_shape)
             pin = self._on_cuda and torch.cuda.is_available() and not self.processes
-            self._ring = _Ring(self.ring_size, self.batch_size, shape, pin, self.processes)  # type: ignore[arg-type]
+            self._ring = BatchRing(self.ring_size, self.batch_size, shape, pin, self.processes)  # type: ignore[arg-type]
         if self._pool is None and self.processes:
             self._pool = ProcessPoolExecutor(
                 self.num_threads,
@@ -421,7 +330,7 @@ class BatchEngine:
                 if job.slot not in ring.free:
                     ring.free.append(job.slot)
 
-    def _top_up(self, source: Iterator, inflight: deque, ring: _Ring, rngs: SampleRng) -> bool:
+    def _top_up(self, source: Iterator, inflight: deque, ring: BatchRing, rngs: SampleRng) -> bool:
         """Queues batches while buffers are free; returns True once ``source`` is done."""
         while ring.free:
             try:
@@ -434,7 +343,9 @@ class BatchEngine:
             inflight.append(self._submit(list(refs), slot, ring, rngs))
         return False
 
-    def _submit(self, refs: list[SampleRef], slot: int, ring: _Ring, rngs: SampleRng) -> _InFlight:
+    def _submit(
+        self, refs: list[SampleRef], slot: int, ring: BatchRing, rngs: SampleRng
+    ) -> _InFlight:
         job = _InFlight(slot, refs, [], [None] * len(refs))
         out = ring.arrays[slot]
         if self._pool is None:
@@ -477,7 +388,7 @@ class BatchEngine:
             for i, err in failures:
                 job.errors[i] = err
 
-    def _assemble(self, job: _InFlight, ring: _Ring) -> tuple[Any, Any]:
+    def _assemble(self, job: _InFlight, ring: BatchRing) -> tuple[Any, Any]:
         """Applies the error policy, runs the batch stage and frees the buffer."""
         n = len(job.refs)
         extras = [ref.extra for ref in job.refs]
@@ -489,7 +400,7 @@ class BatchEngine:
                 buf[:n], device=self.device, memory_format=self.memory_format,
                 out=self._outputs.get(n),
             )  # fmt: skip
-            if isinstance(images, torch.Tensor) and _shares_memory(images, buf):
+            if isinstance(images, torch.Tensor) and shares_memory(images, buf):
                 images = images.clone(memory_format=self.memory_format)
             self._outputs.keep(images)
         finally:
@@ -589,10 +500,3 @@ def _as_fastdata_error(exc: Exception, ref: SampleRef) -> Exception:
 
 def _path_or_none(source: Any) -> str | None:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-
-
-def _shares_memory(out: torch.Tensor, buf: torch.Tensor) -> bool:
-    if out.device != buf.device:
-        return False
-    lo, size = buf.data_ptr(), buf.untyped_storage().nbytes()
-    return lo <= out.data_ptr() < lo + size

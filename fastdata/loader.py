@@ -124,7 +124,8 @@ class DataLoader(torch.utils.data.DataLoader):
             compiled, reasons = compile_folder(self.dataset, collate_fn=self.collate_fn)
         if compiled is None:
             warnings.warn(
-                "DataLoader(compile=True) could not compile: " + "; ".join(reasons)
+                "DataLoader(compile=True) could not compile: "
+                + "; ".join(reasons)
                 + ". These batches are produced by the uncompiled DataLoader instead.",
                 stacklevel=3,
             )

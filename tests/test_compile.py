@@ -44,18 +44,30 @@ def folder(tmp_path_factory) -> str:
 
 
 def run(dataset, compile: bool, seed: int = 0, **kwargs) -> list:
-    dl = DataLoader(dataset, compile=compile, generator=torch.Generator().manual_seed(seed), **kwargs)
+    dl = DataLoader(
+        dataset, compile=compile, generator=torch.Generator().manual_seed(seed), **kwargs
+    )
     return list(dl)
 
 
 DETERMINISTIC = [
     T.Compose([T.Resize((32, 36)), T.ToTensor(), T.Normalize(MEAN, STD)]),
     T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.Normalize(MEAN, STD)]),
-    v2.Compose([v2.ToImage(), v2.Resize(40), v2.CenterCrop(32), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]),
+    v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(40),
+            v2.CenterCrop(32),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    ),
 ]
 
 
-@pytest.mark.parametrize("pipeline", DETERMINISTIC, ids=["v1-resize", "v1-resize-crop", "v2-resize-crop"])
+@pytest.mark.parametrize(
+    "pipeline", DETERMINISTIC, ids=["v1-resize", "v1-resize-crop", "v2-resize-crop"]
+)
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_deterministic_pipeline_matches_uncompiled(folder, pipeline, num_workers):
     ds = datasets.ImageFolder(folder, transform=pipeline)
@@ -96,7 +108,9 @@ def test_output_type_is_that_of_default_collate(folder):
 
 
 def test_random_augmentations_match_in_distribution(folder):
-    pipeline = T.Compose([T.RandomResizedCrop(24), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    pipeline = T.Compose(
+        [T.RandomResizedCrop(24), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
     ds = datasets.ImageFolder(folder, transform=pipeline)
     torch.manual_seed(0)
     plain = torch.cat([x for x, _ in tud.DataLoader(ds, batch_size=7)] * 1)
@@ -107,7 +121,9 @@ def test_random_augmentations_match_in_distribution(folder):
 
 
 def test_same_generator_same_batches_new_epoch_new_augmentations(folder):
-    pipeline = v2.Compose([v2.RandomResizedCrop(16), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+    pipeline = v2.Compose(
+        [v2.RandomResizedCrop(16), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)]
+    )
     ds = datasets.ImageFolder(folder, transform=pipeline)
     a = run(ds, True, seed=3, batch_size=8, shuffle=True, num_workers=2)
     b = run(ds, True, seed=3, batch_size=8, shuffle=True, num_workers=1)
@@ -122,11 +138,17 @@ def test_same_generator_same_batches_new_epoch_new_augmentations(folder):
 
 
 def test_worker_mode_auto_picks_processes_for_small_images(folder):
-    small = datasets.ImageFolder(folder, transform=T.Compose([T.RandomCrop(32, padding=4), T.ToTensor()]))
-    large = datasets.ImageFolder(folder, transform=T.Compose([T.RandomResizedCrop(224), T.ToTensor()]))
+    small = datasets.ImageFolder(
+        folder, transform=T.Compose([T.RandomCrop(32, padding=4), T.ToTensor()])
+    )
+    large = datasets.ImageFolder(
+        folder, transform=T.Compose([T.RandomResizedCrop(224), T.ToTensor()])
+    )
     assert DataLoader(small, batch_size=4, num_workers=2, compile=True)._use_processes()
     assert not DataLoader(large, batch_size=4, num_workers=2, compile=True)._use_processes()
-    assert not DataLoader(small, batch_size=4, num_workers=2, compile=True, worker_mode="threads")._use_processes()
+    assert not DataLoader(
+        small, batch_size=4, num_workers=2, compile=True, worker_mode="threads"
+    )._use_processes()
     with pytest.raises(ValueError, match="worker_mode"):
         DataLoader(small, worker_mode="fibers")
 
@@ -134,7 +156,14 @@ def test_worker_mode_auto_picks_processes_for_small_images(folder):
 def test_shuffle_gives_torchs_index_order_and_really_reorders(folder):
     ds = datasets.ImageFolder(folder, transform=DETERMINISTIC[0])
     ours = torch.cat([y for _, y in run(ds, True, seed=9, batch_size=4, shuffle=True)])
-    theirs = torch.cat([y for _, y in tud.DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(9))])
+    theirs = torch.cat(
+        [
+            y
+            for _, y in tud.DataLoader(
+                ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(9)
+            )
+        ]
+    )
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, torch.tensor(ds.targets))
 
@@ -150,7 +179,9 @@ def test_len_drop_last_and_batch_sampler(folder):
 
 def test_target_transform_and_channels_last(folder):
     ds = datasets.ImageFolder(folder, transform=DETERMINISTIC[1], target_transform=lambda t: t * 10)
-    x, y = next(iter(DataLoader(ds, batch_size=21, compile=True, memory_format=torch.channels_last)))
+    x, y = next(
+        iter(DataLoader(ds, batch_size=21, compile=True, memory_format=torch.channels_last))
+    )
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert y.tolist() == [t * 10 for t in ds.targets]
 
@@ -158,11 +189,34 @@ def test_target_transform_and_channels_last(folder):
 @pytest.mark.parametrize(
     "make, needle",
     [
-        (lambda root: datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.GaussianBlur(3), T.ToTensor()])), "GaussianBlur"),
+        (
+            lambda root: datasets.ImageFolder(
+                root, transform=T.Compose([T.Resize((8, 8)), T.GaussianBlur(3), T.ToTensor()])
+            ),
+            "GaussianBlur",
+        ),
         (lambda root: datasets.ImageFolder(root, transform=None), "transform=None"),
-        (lambda root: datasets.ImageFolder(root, transform=T.Compose([T.Resize(8), T.ToTensor()])), "the pipeline"),
-        (lambda root: datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.ToTensor()]), loader=lambda p: Image.open(p).convert("RGB")), "loader="),
-        (lambda root: tud.Subset(datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.ToTensor()])), [0, 1, 2]), "Subset"),
+        (
+            lambda root: datasets.ImageFolder(
+                root, transform=T.Compose([T.Resize(8), T.ToTensor()])
+            ),
+            "the pipeline",
+        ),
+        (
+            lambda root: datasets.ImageFolder(
+                root,
+                transform=T.Compose([T.Resize((8, 8)), T.ToTensor()]),
+                loader=lambda p: Image.open(p).convert("RGB"),
+            ),
+            "loader=",
+        ),
+        (
+            lambda root: tud.Subset(
+                datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.ToTensor()])),
+                [0, 1, 2],
+            ),
+            "Subset",
+        ),
     ],
     ids=["unsupported-transform", "no-transform", "no-fixed-size", "custom-loader", "wrapped"],
 )
@@ -177,7 +231,10 @@ def test_unsupported_pieces_are_named_and_fall_back(folder, make, needle):
         ours = list(dl)
         torch.manual_seed(1)
         theirs = list(tud.DataLoader(ds, batch_size=3))
-        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ours, theirs, strict=True))
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            for a, b in zip(ours, theirs, strict=True)
+        )
 
 
 def test_custom_collate_or_no_batching_falls_back(folder):
@@ -225,7 +282,16 @@ def test_persistent_workers_and_early_break(folder):
 
 
 def test_compile_folder_reports_nothing_missing_for_imagenet_pipeline(folder):
-    ds = datasets.ImageFolder(folder, transform=T.Compose([
-        T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]))
+    ds = datasets.ImageFolder(
+        folder,
+        transform=T.Compose(
+            [
+                T.RandomResizedCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        ),
+    )
     compiled, reasons = compile_folder(ds, collate_fn=tud.default_collate)
     assert reasons == [] and compiled.plan.sample_shape == (224, 224, 3)

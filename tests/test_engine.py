@@ -70,7 +70,9 @@ def make_images(n: int, seed: int) -> list[np.ndarray]:
 
 
 def batches_of(imgs, batch_size, as_path=None):
-    refs = [SampleRef(img.tobytes(), i, extra=i, key=f"k{i}", url="mem") for i, img in enumerate(imgs)]
+    refs = [
+        SampleRef(img.tobytes(), i, extra=i, key=f"k{i}", url="mem") for i, img in enumerate(imgs)
+    ]
     return [refs[i : i + batch_size] for i in range(0, len(refs), batch_size)]
 
 
@@ -92,13 +94,21 @@ def test_randomness_is_independent_of_threads_and_varies_with_epoch():
     runs = {}
     for threads, epoch in [(0, 0), (4, 0), (2, 1)]:
         with BatchEngine(FlipPlan(), 8, num_threads=threads, seed=3) as engine:
-            runs[threads, epoch] = torch.cat([x for x, _ in engine.iterate(batches_of(imgs, 8), epoch=epoch)])
+            runs[threads, epoch] = torch.cat(
+                [x for x, _ in engine.iterate(batches_of(imgs, 8), epoch=epoch)]
+            )
     assert torch.equal(runs[0, 0], runs[4, 0])
     assert not torch.equal(runs[0, 0], runs[2, 1])
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**63 - 1), st.integers(0, 1000), st.integers(0, 7), st.integers(0, 7), st.integers(0, 10**9))
+@given(
+    st.integers(0, 2**63 - 1),
+    st.integers(0, 1000),
+    st.integers(0, 7),
+    st.integers(0, 7),
+    st.integers(0, 10**9),
+)
 def test_sample_rng_is_a_pure_function(seed, epoch, rank, worker, index):
     a = SampleRng(seed, epoch, rank, worker)
     first = a.for_sample(index).integers(0, 2**62, 4)
@@ -106,7 +116,9 @@ def test_sample_rng_is_a_pure_function(seed, epoch, rank, worker, index):
     again = a.for_sample(index).integers(0, 2**62, 4)
     other = SampleRng(seed, epoch, rank, worker).for_sample(index).integers(0, 2**62, 4)
     assert np.array_equal(first, again) and np.array_equal(first, other)
-    assert not np.array_equal(first, SampleRng(seed, epoch, rank, worker + 1).for_sample(index).integers(0, 2**62, 4))
+    assert not np.array_equal(
+        first, SampleRng(seed, epoch, rank, worker + 1).for_sample(index).integers(0, 2**62, 4)
+    )
 
 
 def test_rng_streams_of_neighbouring_samples_do_not_overlap():
@@ -144,7 +156,9 @@ def test_skip_keeps_batch_size_and_counts(policy):
     imgs = make_images(12, seed=3)
     bad = frozenset({1, 2, 7})
     stats = EngineStats()
-    with BatchEngine(FlipPlan(fail_on=bad), 4, num_threads=2, on_error=policy, stats=stats, seed=1) as engine:
+    with BatchEngine(
+        FlipPlan(fail_on=bad), 4, num_threads=2, on_error=policy, stats=stats, seed=1
+    ) as engine:
         if policy == "warn":
             with pytest.warns(UserWarning, match="skipped a bad sample"):
                 out = list(engine.iterate(batches_of(imgs, 4)))
@@ -200,7 +214,9 @@ def test_paths_are_read_in_the_workers(tmp_path):
         with pytest.raises(DecodeError, match="missing.raw"):
             list(engine.iterate([refs]))
         images, labels = next(engine.iterate([refs[:6]]))
-    np.testing.assert_allclose(images.double().numpy(), reference(imgs, 0, 0, list(range(6))), atol=1e-5)
+    np.testing.assert_allclose(
+        images.double().numpy(), reference(imgs, 0, 0, list(range(6))), atol=1e-5
+    )
 
 
 def test_early_close_and_restart_reuse_the_ring():
@@ -215,8 +231,10 @@ def test_early_close_and_restart_reuse_the_ring():
 
 def test_larger_batch_grows_its_buffer():
     imgs = make_images(10, seed=9)
-    batches = [[SampleRef(img.tobytes(), i, extra=i) for i, img in enumerate(imgs[:2])],
-               [SampleRef(img.tobytes(), i + 2, extra=i) for i, img in enumerate(imgs[2:])]]
+    batches = [
+        [SampleRef(img.tobytes(), i, extra=i) for i, img in enumerate(imgs[:2])],
+        [SampleRef(img.tobytes(), i + 2, extra=i) for i, img in enumerate(imgs[2:])],
+    ]
     with BatchEngine(FlipPlan(), 2, num_threads=1) as engine:
         sizes = [len(x) for x, _ in engine.iterate(batches)]
     assert sizes == [2, 8]
@@ -252,7 +270,13 @@ def test_cuda_buffers_are_not_reused_while_copied():
             torch.cuda._sleep(5_000_000)  # keep the stream busy after the copy is queued
             return x.permute(0, 3, 1, 2).float()
 
-    batches = [[SampleRef(np.full((256, 256, 3), b * 4 + i, np.uint8), b * 4 + i, extra=b) for i in range(4)] for b in range(12)]
+    batches = [
+        [
+            SampleRef(np.full((256, 256, 3), b * 4 + i, np.uint8), b * 4 + i, extra=b)
+            for i in range(4)
+        ]
+        for b in range(12)
+    ]
     with BatchEngine(Big(), 4, num_threads=2, ring_size=2, device="cuda") as engine:
         for images, labels in engine.iterate(batches):
             b = int(labels[0])
@@ -287,7 +311,9 @@ def test_worker_processes_give_the_same_batches_and_errors(on_error):
     with BatchEngine(plan, 8, num_threads=2, processes=True, on_error=on_error, seed=5) as engine:
         assert engine.processes
         if on_error == "raise":
-            with pytest.raises(DecodeError, match="(?s)k4.*Traceback in the worker process.*sample_into"):
+            with pytest.raises(
+                DecodeError, match="(?s)k4.*Traceback in the worker process.*sample_into"
+            ):
                 list(engine.iterate(batches_of(imgs, 8)))
             return
         out = list(engine.iterate(batches_of(imgs, 8), epoch=1))

@@ -38,8 +38,15 @@ class WorkerEcho(tud.Dataset):
         wid = -1 if info is None else info.id
         nw = -1 if info is None else info.num_workers
         seed = -1 if info is None else info.seed
-        return {"i": i, "wid": wid, "nw": nw, "seed": seed, "rand": torch.rand(()), "pid": os.getpid(),
-                "initial": torch.initial_seed()}
+        return {
+            "i": i,
+            "wid": wid,
+            "nw": nw,
+            "seed": seed,
+            "rand": torch.rand(()),
+            "pid": os.getpid(),
+            "initial": torch.initial_seed(),
+        }
 
 
 class Stream(tud.IterableDataset):
@@ -126,7 +133,13 @@ def test_positional_arguments_mean_the_same():
 
 
 @settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 40), bs=st.integers(1, 9), shuffle=st.booleans(), drop_last=st.booleans(), seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(1, 40),
+    bs=st.integers(1, 9),
+    shuffle=st.booleans(),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
 def test_same_batches_as_torch_single_process(n, bs, shuffle, drop_last, seed):
     a, b = both(Squares(n), batch_size=bs, shuffle=shuffle, drop_last=drop_last, seed=seed)
     assert_same(a, b)
@@ -142,7 +155,9 @@ def test_same_batches_as_torch_global_rng_when_no_generator():
 
 
 def test_shuffle_really_reorders_and_changes_per_epoch():
-    dl = DataLoader(Squares(50), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0))
+    dl = DataLoader(
+        Squares(50), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     first = next(iter(dl))[1].tolist()
     second = next(iter(dl))[1].tolist()
     assert sorted(first) == list(range(50)) and sorted(second) == list(range(50))
@@ -154,16 +169,27 @@ def test_shuffle_really_reorders_and_changes_per_epoch():
     [
         dict(batch_size=None),
         dict(batch_size=4, sampler=tud.SequentialSampler(range(10))),
-        dict(batch_sampler=tud.BatchSampler(tud.RandomSampler(range(10), generator=torch.Generator().manual_seed(3)), 3, False)),
+        dict(
+            batch_sampler=tud.BatchSampler(
+                tud.RandomSampler(range(10), generator=torch.Generator().manual_seed(3)), 3, False
+            )
+        ),
         dict(batch_size=3, collate_fn=lambda batch: [x[1] * 2 for x in batch]),
-        dict(batch_size=4, sampler=tud.WeightedRandomSampler([1.0] * 10, 15, generator=torch.Generator().manual_seed(2))),
+        dict(
+            batch_size=4,
+            sampler=tud.WeightedRandomSampler(
+                [1.0] * 10, 15, generator=torch.Generator().manual_seed(2)
+            ),
+        ),
     ],
     ids=["no-batching", "sampler", "batch_sampler", "collate_fn", "weighted"],
 )
 def test_same_batches_as_torch_with_samplers_and_collate(kwargs):
     a = list(tud.DataLoader(Squares(10), **kwargs))
     for v in kwargs.values():  # reset the samplers' generators for the second run
-        gen = getattr(v, "generator", None) or getattr(getattr(v, "sampler", None), "generator", None)
+        gen = getattr(v, "generator", None) or getattr(
+            getattr(v, "sampler", None), "generator", None
+        )
         if gen is not None:
             gen.manual_seed(3 if "batch_sampler" in kwargs else 2)
     b = list(DataLoader(Squares(10), **kwargs))
@@ -195,7 +221,9 @@ def test_same_validation_errors_as_torch(kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
-@pytest.mark.parametrize("kwargs", [dict(shuffle=True), dict(sampler=[0, 1]), dict(batch_sampler=[[0]])])
+@pytest.mark.parametrize(
+    "kwargs", [dict(shuffle=True), dict(sampler=[0, 1]), dict(batch_sampler=[[0]])]
+)
 def test_same_validation_errors_for_iterable_datasets(kwargs):
     with pytest.raises(ValueError) as theirs:
         tud.DataLoader(Stream(4), **kwargs)
@@ -206,8 +234,17 @@ def test_same_validation_errors_for_iterable_datasets(kwargs):
 
 def test_attributes_are_frozen_after_init_like_torch():
     dl = DataLoader(Squares(4))
-    for attr in ("batch_size", "sampler", "dataset", "drop_last", "batch_sampler", "persistent_workers"):
-        with pytest.raises(ValueError, match=f"{attr} attribute should not be set after DataLoader"):
+    for attr in (
+        "batch_size",
+        "sampler",
+        "dataset",
+        "drop_last",
+        "batch_sampler",
+        "persistent_workers",
+    ):
+        with pytest.raises(
+            ValueError, match=f"{attr} attribute should not be set after DataLoader"
+        ):
             setattr(dl, attr, None)
 
 
@@ -232,7 +269,11 @@ def test_iterable_dataset_with_workers_and_len():
     a, b = both(Stream(11), batch_size=2, num_workers=2)
     assert_same(a, b)
     assert sorted(int(v) for batch in b for v in batch) == list(range(11))
-    assert len(DataLoader(Stream(11), batch_size=2)) == len(tud.DataLoader(Stream(11), batch_size=2)) == 6
+    assert (
+        len(DataLoader(Stream(11), batch_size=2))
+        == len(tud.DataLoader(Stream(11), batch_size=2))
+        == 6
+    )
     assert len(DataLoader(Stream(11), batch_size=2, drop_last=True)) == 5
 
 
@@ -276,7 +317,17 @@ def test_device_argument_moves_batches():
 
 def test_compile_on_a_generic_dataset_warns_and_falls_back():
     with pytest.warns(UserWarning, match="could not compile: dataset Squares"):
-        dl = DataLoader(Squares(9), batch_size=4, shuffle=True, compile=True, generator=torch.Generator().manual_seed(4))
-    expected = list(tud.DataLoader(Squares(9), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(4)))
+        dl = DataLoader(
+            Squares(9),
+            batch_size=4,
+            shuffle=True,
+            compile=True,
+            generator=torch.Generator().manual_seed(4),
+        )
+    expected = list(
+        tud.DataLoader(
+            Squares(9), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(4)
+        )
+    )
     assert_same(list(dl), expected)
     assert dl.compiled is None

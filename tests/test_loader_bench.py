@@ -56,7 +56,12 @@ def test_table_and_section(bench, tmp_path):
     bench.write_section(text, doc)
     bench.write_section(text.replace("4.00", "5.00"), doc)
     body = doc.read_text()
-    assert body.count("## DataLoader") == 1 and "kept" in body and "5.00" in body and "4.00" not in body
+    assert (
+        body.count("## DataLoader") == 1
+        and "kept" in body
+        and "5.00" in body
+        and "4.00" not in body
+    )
 
 
 @pytest.mark.slow
