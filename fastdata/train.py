@@ -271,7 +271,9 @@ def make_loaders(
 ) -> tuple[Iterable, Iterable, list[str]]:
     """Builds the train and validation loaders of ``fastdata train``.
 
-    Reads an ImageFolder directory (``root/<class>/<image>``) with torchvision's ImageFolder,
+    Shards (an index ``.json`` or shard paths/patterns) stream through
+    ``fastdata.ShardDataset`` and ``fastdata.DataLoader`` (see ``make_shard_loaders``).
+    Otherwise it reads an ImageFolder directory (``root/<class>/<image>``) with torchvision's ImageFolder,
     RandomResizedCrop + flip for training and resize + centre crop for validation, and
     torch's DataLoader. Batches hold uint8 images, normalised on the device by ``fit``.
 
@@ -286,6 +288,9 @@ def make_loaders(
     Returns:
         ``(train_loader, val_loader, class_names)``.
     """
+    if is_shards(train):
+        return make_shard_loaders(train, val, batch_size=batch_size, image_size=image_size,
+                                  workers=workers, seed=seed)  # fmt: skip
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets
     from torchvision import transforms as T
@@ -321,6 +326,69 @@ def make_loaders(
     return train_loader, DataLoader(val_set, **common), classes
 
 
+def is_shards(data: str | os.PathLike) -> bool:
+    """Whether ``data`` names shards (an index ``.json`` or ``.tar`` paths/patterns)."""
+    text = str(data)
+    return text.endswith(".json") or ".tar" in text or text.startswith("pipe:")
+
+
+def make_shard_loaders(
+    train: str | os.PathLike,
+    val: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 64,
+    image_size: int = 224,
+    workers: int = 2,
+    seed: int = 0,
+) -> tuple[Iterable, Iterable | None, list[str]]:
+    """Loaders streaming shards through the compiled transforms, uint8 until the device.
+
+    Args:
+        train: an index ``.json`` or shard paths / brace patterns.
+        val: the same for validation; default: ``val.index.json`` beside a ``train``
+            index, if it exists, else no validation.
+
+    Returns:
+        ``(train_loader, val_loader or None, class_names)``; class names come from the
+        index's label map (``"0"``, ``"1"``... without one).
+    """
+    from fastdata import transforms as T
+    from fastdata.dataset import ShardDataset
+    from fastdata.index import find_index, read_index, shard_urls
+    from fastdata.loader import DataLoader
+    from fastdata.shards import expand_urls
+
+    def resolve(data) -> tuple[list[str], dict | None]:
+        text = str(data)
+        if text.endswith(".json"):
+            index = read_index(text)
+            return shard_urls(text, index), index
+        urls = expand_urls(text)
+        found = find_index(urls)
+        return urls, (read_index(found) if found else None)
+
+    if val is None and str(train).endswith(".json"):
+        sibling = Path(train).with_name("val.index.json")
+        val = sibling if sibling.exists() and sibling != Path(train) else None
+    urls, index = resolve(train)
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()])
+    val_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)])
+    common = {"batch_size": batch_size, "num_workers": workers}
+    train_loader = DataLoader(ShardDataset(urls, transform=train_tf, shuffle=True, seed=seed), **common)
+    val_loader = None
+    if val is not None:
+        val_loader = DataLoader(ShardDataset(resolve(val)[0], transform=val_tf), **common)
+    mapping = (index or {}).get("label_map")
+    if mapping:
+        classes = [name for name, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    else:
+        counts = ((index or {}).get("stats") or {}).get("class_counts") or {}
+        classes = [str(k) for k in sorted(int(k) for k in counts)] if counts else []
+    if not classes:
+        raise SourceError(str(train), "no label map or class counts in the index: cannot tell the classes")
+    return train_loader, val_loader, classes
+
+
 def write_report(result: TrainResult, class_names: list[str], out: str | os.PathLike) -> dict:
     """Writes ``history.json``, ``metrics.json``, ``training.png`` and ``confusion.png``.
 
@@ -348,8 +416,10 @@ def write_report(result: TrainResult, class_names: list[str], out: str | os.Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds the ``fastdata train`` sub-command."""
     p = subparsers.add_parser("train", help="train or fine-tune a torchvision classifier")
-    p.add_argument("data", help="image folder (root/<class>/<image>), or one with train/ and val/")
-    p.add_argument("--val", help="validation image folder (default: 10%% of DATA held out)")
+    p.add_argument("data", help="shards (an index .json or .tar patterns), an image folder "
+                   "(root/<class>/<image>), or a folder with train/ and val/")
+    p.add_argument("--val", help="validation shards or image folder (default: val.index.json beside a "
+                   "train index; for a folder, 10%% of DATA held out)")
     p.add_argument("--model", default="resnet18", help="torchvision model name (default resnet18)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
