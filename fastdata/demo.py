@@ -118,7 +118,7 @@ def train(data: dict, out: Path, epochs: int, seed: int) -> dict[str, Any]:
     model = build_model("resnet18", num_classes=len(names))
     result = fit(model, shard_loader(data["train"]["index"], True, 32, seed),
                  val_loader=shard_loader(data["val"]["index"], False, 100, seed), epochs=epochs,
-                 lr=2e-3, optimizer="adamw", weight_decay=0.05, seed=seed, device="cpu",
+                 lr=0.05, optimizer="sgd", weight_decay=5e-4, seed=seed, device="cpu",
                  checkpoint_dir=out / "checkpoints", progress=sys.stderr.isatty())
     paths = write_report(result, names, out / "training")
     return {"history": result.history, "paths": paths, "samples_per_sec": result.samples_per_sec,
