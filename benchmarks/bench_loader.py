@@ -20,8 +20,10 @@ Usage: ``flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_loader
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,20 +81,39 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int):
         str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
     )
     cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loader.DataLoader
-    extra = {"compile": True} if variant == "compile" else {}
+    extra = {"compile": True} if variant.startswith("compile") else {}
+    if variant.startswith("compile-"):  # compile-threads, compile-processes
+        extra["worker_mode"] = variant.split("-", 1)[1]
     return cls(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **extra)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its worker processes that have exited."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(variant: str, workload: str, folder: Path, workers: int) -> None:
-    """Times one epoch and prints ``{"samples", "seconds"}`` as JSON."""
+    """Times one epoch and prints ``{"samples", "seconds", "cpu_seconds"}`` as JSON.
+
+    Workers of an epoch exit (and so count in ``RUSAGE_CHILDREN``) when its iterator is
+    released, which ``gc.collect()`` makes sure of before each reading.
+    """
     loader = build_loader(variant, workload, folder, workers)
     for images, _ in loader:  # warm-up: worker start-up, Numba cache, page cache
         assert images.dtype.is_floating_point and images.dim() == 4
         break
-    start, samples = time.perf_counter(), 0
+    gc.collect()
+    cpu, start, samples = _cpu_seconds(), time.perf_counter(), 0
     for _, labels in loader:
         samples += len(labels)
-    print(json.dumps({"samples": samples, "seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    gc.collect()
+    cpu = _cpu_seconds() - cpu
+    print(json.dumps({"samples": samples, "seconds": seconds, "cpu_seconds": cpu}))
 
 
 def _tree(pid: int) -> list[int]:
@@ -148,25 +169,29 @@ def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}/{workload} failed:\n{err}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {"rate": result["samples"] / result["seconds"], "rss": peak_rss, "pss": peak_pss}
+    n = result["samples"]
+    cpu_ms = 1000 * result["cpu_seconds"] / n
+    return {"rate": n / result["seconds"], "cpu_ms": cpu_ms, "rss": peak_rss, "pss": peak_pss}
 
 
 def table(results: dict, reps: int, workers: int) -> str:
     """The Markdown table of medians with ratios to torch."""
     lines = [
-        "| workload | loader | samples/s | × torch | peak RSS (MiB) | peak PSS (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| workload | loader | samples/s | × torch | CPU ms/sample | peak RSS (MiB) | peak PSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for workload, by_variant in results.items():
-        base = statistics.median(r["rate"] for r in by_variant["torch"])
+        first = next(iter(by_variant.values()))
+        base = statistics.median(r["rate"] for r in by_variant.get("torch", first))
         for variant, runs in by_variant.items():
             rate = statistics.median(r["rate"] for r in runs)
+            cpu = statistics.median(r["cpu_ms"] for r in runs)
             rss = statistics.median(r["rss"] for r in runs) / 2**20
             pss = statistics.median(r["pss"] for r in runs) / 2**20
             name = {"torch": "torch DataLoader", "fastdata": "fastdata.DataLoader",
-                    "compile": "fastdata.DataLoader(compile=True)"}[variant]  # fmt: skip
+                    "compile": "fastdata.DataLoader(compile=True)"}.get(variant, variant)  # fmt: skip
             lines.append(
-                f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {rss:,.0f} | {pss:,.0f} |"
+                f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {cpu:.2f} | {rss:,.0f} | {pss:,.0f} |"
             )
     note = f"\n{workers} workers, shuffle=True, medians of {reps} alternating repetitions, one epoch each.\n"
     return "\n".join(lines) + note
@@ -191,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", default=["imagenet", "cifar"])
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), help="also compile-threads, compile-processes"
+    )
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument(
         "--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "FOLDER"), help=argparse.SUPPRESS
@@ -201,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], args.child[1], Path(args.child[2]), args.workers)
         return 0
     folders = make_data(args.data, args.jpegs, args.pngs)
-    results: dict = {w: {v: [] for v in VARIANTS} for w in args.workloads}
+    results: dict = {w: {v: [] for v in args.variants} for w in args.workloads}
     for rep in range(args.reps):
         for workload in args.workloads:
-            for variant in VARIANTS:
+            for variant in args.variants:
                 r = measure(variant, workload, folders[workload], args.workers)
                 results[workload][variant].append(r)
                 print(
-                    f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB",
+                    f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s cpu {r['cpu_ms']:.2f} ms rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB",
                     flush=True,
                 )
     text = table(results, args.reps, args.workers)

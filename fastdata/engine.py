@@ -14,17 +14,19 @@ API
     batch untouched (a label, a dict of non-image fields). ``url``/``key``/``field``
     name the sample in errors.
 
-``BatchEngine(plan, batch_size, num_threads=2, seed=0, ...)``
-    ``plan`` is a compiled transform plan with ``sample_shape`` ``(H, W, C)``,
-    ``sample_into(src, out, rng, url=, key=, field=)`` writing one uint8 HWC sample into
-    ``out`` (naming the sample in its errors)
-    and ``finish(uint8_nhwc_batch, device=..., memory_format=...)`` returning the float
-    NCHW batch, into ``out`` when given (see ``fastdata.transforms``). ``iterate(batches, epoch=0, rank=0,
-    worker=0)`` takes an iterable of batches, each a sequence of ``SampleRef``, and
-    yields ``(images, extras)`` per batch, where ``extras`` is ``collate_extras`` applied
-    to the list of the samples' ``extra`` (by default torch's ``default_collate``).
-    ``stats`` counts batches, samples, skips and the time the consumer waited.
-    ``close()`` stops the threads (also a context manager).
+``BatchEngine(plan, batch_size, num_threads=2, seed=0, processes=False, ...)``
+    ``plan`` is a compiled transform plan (``fastdata.transforms``): ``sample_shape``
+    ``(H, W, C)``; ``sample_into(src, out, rng, url=, key=, field=)`` writes one uint8 HWC
+    sample into ``out``; ``finish(uint8_nhwc_batch, device=, memory_format=, out=)``
+    returns the converted NCHW batch (written into ``out`` when one is given).
+    ``iterate(batches, epoch=0, rank=0, worker=0, seed=None)`` takes an iterable of
+    batches, each a sequence of ``SampleRef``, and yields ``(images, extras)`` per batch,
+    where ``extras`` is ``collate_extras`` applied to the list of the samples' ``extra``
+    (by default torch's ``default_collate``). The source is consumed lazily, at most
+    ``ring_size`` batches ahead of the consumer, so the caller can tell its position from
+    the batches it has received. ``stats`` counts batches, samples, skips and the time
+    the consumer waited. ``close()`` stops the workers (also a context manager); a
+    closed engine restarts on the next ``iterate``.
 
 Guarantees: batches come out in the order they went in; the randomness of a sample is a
 pure function of ``(seed, epoch, rank, worker, index)`` (see NOTE [ Per-sample
@@ -250,7 +252,7 @@ class BatchEngine:
         self._on_cuda = self.device is not None and self.device.type == "cuda"
         self._ring: BatchRing | None = None
         self._pool: Executor | None = None
-        self._outputs = OutputPool(0 if self._on_cuda else 3)
+        self._outputs = OutputPool(0 if self._on_cuda else 2)
 
     # -- life cycle -------------------------------------------------------------------
 

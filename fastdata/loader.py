@@ -16,20 +16,21 @@ pairs: a float NCHW tensor and an int64 tensor. What cannot be compiled is named
 warning and runs on the drop-in path.
 
 NOTE [ compile=True and worker arguments ]
-On the compiled path ``num_workers`` is the number of worker threads (0: the work runs in
-the iterating thread), ``timeout`` bounds the wait for one batch, ``prefetch_factor`` sets
-how many batches are in flight per worker thread, and ``persistent_workers`` keeps the
-threads between epochs. ``worker_init_fn`` and ``multiprocessing_context`` concern worker
-processes and are not used there: the transforms' randomness comes from a per-sample
-generator seeded from the loader's ``generator`` (see NOTE [ Per-sample randomness ] in
-``fastdata.engine``), not from the workers' global RNGs.
+On the compiled path ``num_workers`` is the number of worker threads or processes (0: the
+work runs in the iterating thread; ``worker_mode`` chooses), ``timeout`` bounds the wait
+for one batch, ``prefetch_factor`` sets how many batches are queued ahead of the consumer
+(all workers share each batch), and ``persistent_workers`` keeps the workers between
+epochs. ``worker_init_fn`` and ``multiprocessing_context`` are not used there: the
+transforms' randomness comes from a per-sample generator seeded from the loader's
+``generator`` (see NOTE [ Per-sample randomness ] in ``fastdata.engine``), not from the
+workers' global RNGs, and worker processes are forked.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.utils.data
@@ -46,7 +47,10 @@ WORKER_MODES = ("auto", "threads", "processes")
 SMALL_IMAGE_PIXELS = 64 * 64
 
 
-class DataLoader(torch.utils.data.DataLoader):
+T_co = TypeVar("T_co", covariant=True)
+
+
+class DataLoader(torch.utils.data.DataLoader[T_co]):
     """A drop-in ``torch.utils.data.DataLoader`` with an optional compiled fast path.
 
     Every argument up to ``in_order`` is torch's, with torch's defaults and meaning.
@@ -150,7 +154,7 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _build_engine(self) -> BatchEngine:
         """A batch engine for one iterator (kept across epochs with persistent workers)."""
-        in_flight = max(2, self.num_workers * (self.prefetch_factor or 2))
+        in_flight = max(2, self.prefetch_factor or 2)  # every worker helps with each batch
         return BatchEngine(
             self.compiled.plan,
             self.batch_size or getattr(self.batch_sampler, "batch_size", None) or 1,

@@ -37,18 +37,18 @@ def test_child_times_one_epoch(bench, folders, workload, variant, capsys):
     bench.child(variant, workload, folders[workload], workers=0)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = {"imagenet": 20, "cifar": 30}[workload]
-    assert result["samples"] == expected and result["seconds"] > 0
+    assert result["samples"] == expected and result["seconds"] > 0 and result["cpu_seconds"] > 0
 
 
 def test_measure_runs_a_child_process_and_tracks_memory(bench, folders):
     r = bench.measure("compile", "cifar", folders["cifar"], workers=1)
-    assert r["rate"] > 0 and r["rss"] > 2**20 and 0 < r["pss"] <= r["rss"]
+    assert r["rate"] > 0 and r["cpu_ms"] > 0 and r["rss"] > 2**20 and 0 < r["pss"] <= r["rss"]
 
 
 def test_table_and_section(bench, tmp_path):
-    results = {"cifar": {"torch": [{"rate": 10.0, "rss": 2**30, "pss": 2**29}],
-                         "fastdata": [{"rate": 20.0, "rss": 2**30, "pss": 2**29}],
-                         "compile": [{"rate": 40.0, "rss": 2**30, "pss": 2**29}]}}  # fmt: skip
+    results = {"cifar": {"torch": [{"rate": 10.0, "cpu_ms": 1.0, "rss": 2**30, "pss": 2**29}],
+                         "fastdata": [{"rate": 20.0, "cpu_ms": 1.0, "rss": 2**30, "pss": 2**29}],
+                         "compile": [{"rate": 40.0, "cpu_ms": 1.0, "rss": 2**30, "pss": 2**29}]}}  # fmt: skip
     text = bench.table(results, reps=1, workers=2)
     assert "| 1.00 |" in text and "| 2.00 |" in text and "| 4.00 |" in text
     doc = tmp_path / "B.md"
