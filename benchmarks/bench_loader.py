@@ -193,7 +193,7 @@ def table(results: dict, reps: int, workers: int) -> str:
             lines.append(
                 f"| {workload} (batch {BATCH[workload]}) | {name} | {rate:,.0f} | {rate / base:.2f} | {cpu:.2f} | {rss:,.0f} | {pss:,.0f} |"
             )
-    note = f"\n{workers} workers, shuffle=True, medians of {reps} alternating repetitions, one epoch each.\n"
+    note = f"\n\n{workers} workers, shuffle=True, medians of {reps} alternating repetitions, one epoch each.\n"
     return "\n".join(lines) + note
 
 
