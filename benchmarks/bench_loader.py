@@ -217,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", default=["imagenet", "cifar"])
     parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), help="also compile-threads, compile-processes"
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        help="also compile-threads, compile-processes",
     )
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument(
