@@ -88,7 +88,7 @@ def test_images_match_torchvision_on_the_same_pixels(tmp_path):
     pipeline = T.Compose([T.CenterCrop(8), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
     ref = tv.Compose([tv.CenterCrop(8), tv.ToDtype(torch.float32, scale=True), tv.Normalize(MEAN, STD)])
     for images, keys, labels in ShardDataset(urls, transform=pipeline, fields=("__key__", "cls")).iter_batches(6):
-        for img, key, label in zip(images, keys, labels):
+        for img, key, label in zip(images, keys, labels, strict=True):
             expect = ref(torch.from_numpy(pixels[key]).permute(2, 0, 1))
             torch.testing.assert_close(img, expect, atol=1e-6, rtol=0)
             assert int(label) == int(key[1:]) % 7
@@ -230,5 +230,5 @@ def test_fastdata_dataloader_uses_the_stream(tmp_path):
     direct = list(ShardDataset(urls, transform=aug(), shuffle=True, seed=4).iter_batches(8, num_workers=2))
     got = list(loader)
     assert len(got) == len(direct)
-    for (a, la), (b, lb) in zip(got, direct):
+    for (a, la), (b, lb) in zip(got, direct, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)

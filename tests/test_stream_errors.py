@@ -151,7 +151,7 @@ def test_delivered_uint8_batches_are_never_overwritten(tmp_path):
     ds = ShardDataset(urls, transform=pipeline(None), fields=("__key__",))
     kept = list(ds.iter_batches(4, num_workers=2, prefetch=1))  # ring of 3 buffers, 16 batches
     for images, keys in kept:
-        for img, key in zip(images, keys):
+        for img, key in zip(images, keys, strict=True):
             assert torch.equal(img, expected_uint8(pixels, key)), key
 
 
@@ -166,7 +166,7 @@ def test_async_copies_finish_before_their_pinned_buffer_is_reused(tmp_path):
         kept.append((images, keys))
     torch.cuda.synchronize()
     for images, keys in kept:
-        for img, key in zip(images.cpu(), keys):
+        for img, key in zip(images.cpu(), keys, strict=True):
             assert torch.equal(img, expected_uint8(pixels, key)), key
 
 
