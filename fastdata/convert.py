@@ -4,6 +4,13 @@ The order of samples is fixed up front (the source's order, or a seeded shuffle 
 worker processes prepare samples (``fastdata.prepare``) and the main process writes them
 in that order, so the output is byte-identical whatever the number of workers.
 
+NOTE [ Which samples go to the workers ]
+Storing a file as it is costs less than sending it through a pipe, so worker processes get
+only the samples that are decoded: all of them with ``--drop-corrupt``, re-encoding or
+``--raw``, else the evenly spread statistics sample. The main process prepares the others
+itself and writes everything in order; a worker hands back a stored-as-is file as None
+and the main process reads it (``PrepareOptions.ship_bytes``).
+
 NOTE [ Resuming a conversion ]
 After each complete shard the converter rewrites a journal ``<index>.partial`` holding the
 shards so far, the position in the sample order where the next shard starts, the skipped
@@ -25,7 +32,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -87,7 +94,11 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
     state = _Journal(index_path, fingerprint).restore(pattern, options)
     stride = max(1, math.ceil(len(order) / max(1, options.stats_samples)))
     stats_on = options.stats_samples > 0
-    tasks = ((pos, source.items[order[pos]], stats_on and pos % stride == 0) for pos in range(state.next_pos, len(order)))
+
+    def tasks() -> Iterator[tuple]:
+        for pos in range(state.next_pos, len(order)):
+            yield pos, source.items[order[pos]], stats_on and pos % stride == 0
+
     with tqdm(total=len(order), initial=state.next_pos, unit="img", desc="convert", disable=not progress,
               dynamic_ncols=True, file=sys.stderr) as bar:
         try:
@@ -105,14 +116,22 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
     return report
 
 
-def _run_prepare(source, tasks: Iterator[tuple], options: ConvertOptions) -> Iterator[Prepared]:
-    if options.workers <= 1:
-        for ordinal, item, with_stats in tasks:
+def _run_prepare(source, tasks: Callable[[], Iterator[tuple]], options: ConvertOptions) -> Iterator[Prepared]:
+    """Prepared samples in order; see NOTE [ Which samples go to the workers ]."""
+    if options.workers <= 0:
+        for ordinal, item, with_stats in tasks():
             yield prepare_item(source, item, ordinal, options.prepare, with_stats)
         return
+    heavy = options.prepare.decodes_all
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ctx.Pool(options.workers, initializer=init_worker, initargs=(source, options.prepare)) as pool:
-        yield from pool.imap(prepare_task, tasks, chunksize=8)
+    in_worker = replace(options.prepare, ship_bytes=False)
+    with ctx.Pool(options.workers, initializer=init_worker, initargs=(source, in_worker)) as pool:
+        done = pool.imap(prepare_task, (t for t in tasks() if heavy or t[2]), chunksize=4)
+        for ordinal, item, with_stats in tasks():
+            if heavy or with_stats:
+                yield next(done)
+            else:
+                yield prepare_item(source, item, ordinal, options.prepare, False)
 
 
 class _State:
@@ -150,7 +169,8 @@ def _consume(state: _State, source, item, prepared: Prepared, options: ConvertOp
             state.seen[prepared.digest] = item.key
             state.new_digests.append((prepared.digest, item.key))
         shards_before = len(state.writer.shards)
-        state.writer.write({"__key__": item.key, **prepared.fields})
+        fields = {ext: source.read(item)[1] if data is None else data for ext, data in prepared.fields.items()}
+        state.writer.write({"__key__": item.key, **fields})
         state.fields.update(prepared.fields)
         state.stats.add_size(*prepared.size)
         state.stats.add_label(item.label)

@@ -33,6 +33,9 @@ class PrepareOptions:
         raw: store decoded uint8 HWC RGB pixels as ``.npy`` instead of compressed bytes.
         check_decode: decode every image fully (needed to detect truncated files).
         digest: compute a content digest of every sample (for de-duplication).
+        ship_bytes: return stored-as-is file contents in ``fields``; when False (worker
+            processes), such a field holds None and the writing process reads the file
+            itself, which costs less than sending the bytes through a pipe.
     """
 
     max_side: int | None = None
@@ -40,10 +43,16 @@ class PrepareOptions:
     raw: bool = False
     check_decode: bool = False
     digest: bool = False
+    ship_bytes: bool = True
 
     @property
     def reencode(self) -> bool:
         return self.max_side is not None or self.quality is not None
+
+    @property
+    def decodes_all(self) -> bool:
+        """Whether every image is decoded (otherwise only the statistics sample is)."""
+        return self.check_decode or self.reencode or self.raw
 
 
 @dataclass
@@ -121,7 +130,7 @@ def _prepare_bytes(ext: str, data: bytes, options: PrepareOptions, with_stats: b
     pil = Image.open(io.BytesIO(data))
     size = pil.size
     if not (options.check_decode or transform or with_stats):
-        return Prepared(0, {ext: data}, digest, size)
+        return Prepared(0, _as_is(ext, data, options), digest, size)
     pil.load()
     rgb = _to_rgb(pil)
     sums = _pixel_sums(np.asarray(rgb)) if with_stats else None
@@ -132,7 +141,11 @@ def _prepare_bytes(ext: str, data: bytes, options: PrepareOptions, with_stats: b
             "jpg": _encode_jpeg(rgb, options.quality)
         }
         return Prepared(0, stored, digest, size, sums)
-    return Prepared(0, {ext: data}, digest, size, sums)
+    return Prepared(0, _as_is(ext, data, options), digest, size, sums)
+
+
+def _as_is(ext: str, data: bytes, options: PrepareOptions) -> dict[str, bytes | None]:
+    return {ext: data if options.ship_bytes else None}
 
 
 def _prepare_jpeg(ext: str, data: bytes, digest: str, options: PrepareOptions, with_stats: bool) -> Prepared:
@@ -143,7 +156,7 @@ def _prepare_jpeg(ext: str, data: bytes, digest: str, options: PrepareOptions, w
     if options.check_decode or with_stats:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
         sums = _pixel_sums(pixels) if with_stats else None
-    return Prepared(0, {ext: data}, digest, (width, height), sums)
+    return Prepared(0, _as_is(ext, data, options), digest, (width, height), sums)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -166,12 +179,15 @@ def _encode_jpeg(image: Image.Image, quality: int | None) -> bytes:
     return out.getvalue()
 
 
+_CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.uint16)
+_VALUES = np.arange(256, dtype=np.float64) / 255.0
+
+
 def _pixel_sums(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sums of values and squared values in [0, 1] (exact integer sums)."""
+    """Per-channel sums of values and squared values in [0, 1], from a per-channel
+    histogram of the uint8 values (exact, and one fast pass over the pixels)."""
     pixels = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)[:, :3]
     if pixels.shape[1] == 1:
         pixels = np.repeat(pixels, 3, axis=1)
-    wide = pixels.astype(np.uint32)
-    sums = wide.sum(axis=0, dtype=np.uint64).astype(np.float64) / 255.0
-    squares = (wide * wide).sum(axis=0, dtype=np.uint64).astype(np.float64) / (255.0 * 255.0)
-    return sums, squares, pixels.shape[0]
+    hist = np.bincount((pixels + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
+    return hist @ _VALUES, hist @ (_VALUES * _VALUES), pixels.shape[0]

@@ -128,8 +128,6 @@ class TarShard:
     def finish(self) -> ShardInfo:
         """Writes the end-of-archive marker, closes and renames the shard into place."""
         self._put(b"\0" * (2 * tarfile.BLOCKSIZE))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp_path, self.path)
         return ShardInfo(os.path.basename(self.path), self.count, self.size, self._hash.hexdigest())
