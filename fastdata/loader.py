@@ -141,6 +141,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         return self._stats
 
     def __iter__(self) -> Any:
+        hook = getattr(self.dataset, "__fastdata_iter__", None)
+        if hook is not None:  # a dataset with its own batch path (ShardDataset)
+            return hook(self)
         if self.compiled is None:
             batches = super().__iter__()
             return batches if self.device is None else _moved(batches, self.device)
@@ -151,6 +154,22 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if self.persistent_workers:
             self._iterator = iterator
         return iterator
+
+    def state_dict(self) -> dict:
+        """The dataset's iteration state (for datasets that have one, such as ShardDataset).
+
+        Raises:
+            TypeError: the dataset keeps no iteration state.
+        """
+        if not hasattr(self.dataset, "state_dict"):
+            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to save")
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the dataset's iteration state saved by ``state_dict``."""
+        if not hasattr(self.dataset, "load_state_dict"):
+            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to restore")
+        self.dataset.load_state_dict(state)
 
     def _build_engine(self) -> BatchEngine:
         """A batch engine for one iterator (kept across epochs with persistent workers)."""

@@ -218,12 +218,8 @@ def test_torch_dataloader_without_workers_collates_single_samples(tmp_path):
 
 
 def test_fastdata_dataloader_uses_the_stream(tmp_path):
-    import inspect
-
     import fastdata.loader
 
-    if "__fastdata_iter__" not in inspect.getsource(fastdata.loader):
-        pytest.skip("fastdata.DataLoader does not call ShardDataset.__fastdata_iter__ yet")
     urls, _ = write_image_shards(str(tmp_path), 30, 5)
     ds = ShardDataset(urls, transform=aug(), shuffle=True, seed=4)
     loader = fastdata.loader.DataLoader(ds, batch_size=8, num_workers=2)
@@ -232,3 +228,6 @@ def test_fastdata_dataloader_uses_the_stream(tmp_path):
     assert len(got) == len(direct)
     for (a, la), (b, lb) in zip(got, direct, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+    assert loader.state_dict() == ds.state_dict() and loader.state_dict()["epoch"] == 1  # the next epoch
+    with pytest.raises(TypeError, match="keeps no iteration state"):
+        fastdata.loader.DataLoader(list(range(4))).state_dict()
