@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> str:
         make_image_folder(src, n_per_class=max(1, args.images // 10))
         candidates = {
             "webdataset ShardWriter, 1 process": webdataset_baseline,
-            "fastdata convert -j 1 (default stats)": fastdata_candidate(1, 500),
-            "fastdata convert -j 2 (default stats)": fastdata_candidate(2, 500),
+            "fastdata convert -j 0 --stats-samples 0 (1 process)": fastdata_candidate(0, 0),
             "fastdata convert -j 2 --stats-samples 0": fastdata_candidate(2, 0),
+            "fastdata convert -j 0 (default: 500 images decoded for stats)": fastdata_candidate(0, 500),
+            "fastdata convert -j 2 (default: 500 images decoded for stats)": fastdata_candidate(2, 500),
         }
         result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process")
     print(result)

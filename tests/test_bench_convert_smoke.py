@@ -12,5 +12,5 @@ def test_bench_convert_runs_on_tiny_data():
     spec.loader.exec_module(module)
     result = module.main(["--images", "20", "--repeats", "1"])
     rows = [line for line in result.splitlines() if line.startswith("| webdataset") or line.startswith("| fastdata")]
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert rows[0].endswith("| 1.00× |")
