@@ -32,8 +32,8 @@ plus ``seed``, ``rank``, ``world_size``, ``num_workers`` and ``batch_size``, che
 
 from __future__ import annotations
 
-import inspect
 import json
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,12 +43,16 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from fastdata.batches import BatchStream
 from fastdata.engine import ON_ERROR, BatchEngine, EngineStats, SampleRng
 from fastdata.errors import DecodeError, FastdataError
 from fastdata.fields import collate_field, decode_field, decode_npy, field_kinds
 from fastdata.index import find_index, read_index
 from fastdata.sampling import Draws, assign, rank_batches, shard_order
+from fastdata.schedule import epoch_schedule
+from fastdata.shardmap import load_shard
 from fastdata.shards import expand_urls, open_url
+from fastdata.streamplan import StreamPlan, compile_plan
 from fastdata.stream import Failed, Producer, SlotStream, StreamSpec, fresh_slot, merge
 from fastdata.tario import iter_samples
 
@@ -109,7 +113,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
             raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
-        self.plan = _compile(transform) if transform is not None else None
+        self.plan = compile_plan(transform) if transform is not None else None
         self.image = (image,) if isinstance(image, str) else tuple(image)
         self.fields = field_kinds(fields)
         self.shuffle, self.buffer_size, self.seed = bool(shuffle), int(buffer_size), int(seed)
@@ -170,7 +174,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if state is None:
             return {"epoch": self._epoch, "batches": 0, "samples": 0, "turn": 0, "limit": None, "slots": None}
         if state["limit"] is not None and state["batches"] >= state["limit"]:
-            state = {**state, **self._fresh(state["epoch"] + 1, len(state["slots"])), "limit": None}
+            slots = state.get("slots")
+            fresh = self._fresh(state["epoch"] + 1, len(slots)) if slots is not None else _fresh_batch(state["epoch"] + 1)
+            state = {**state, **fresh, "limit": None}
         return json.loads(json.dumps(state))  # a deep, plain copy
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -179,7 +185,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         Raises:
             ValueError: the state was taken with a different seed or rank layout.
         """
-        if state.get("slots") is None:
+        if state.get("slots") is None and not state.get("batches"):
             self.set_epoch(state["epoch"])
             return
         rank, world = self.world()
@@ -249,12 +255,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if self.world()[1] > 1 and self.counts() is None:
             raise FastdataError("several ranks need the shards' sample counts")
         workers = max(1, int(num_workers))
-        start = self._start_state(workers, int(batch_size))
         stats = stats if stats is not None else self.stats
+        if self._batch_path():
+            ahead = max(2, int(num_workers) * prefetch)
+            return self._batch_epoch(workers, int(batch_size), int(num_workers), device, memory_format, timeout, ahead, stats)
+        start = self._start_state(workers, int(batch_size))
         engine = None
         if self.plan is not None:
             engine = BatchEngine(
-                _StreamPlan(self.plan, self._image_shape()), int(batch_size), num_threads=int(num_workers),
+                StreamPlan(self.plan, self._image_shape()), int(batch_size), num_threads=int(num_workers),
                 seed=self.seed, ring_size=max(2, int(num_workers) * prefetch) + 1, device=device,
                 memory_format=memory_format, on_error=self.on_error, timeout=timeout,
                 collate_extras=self._collate, stats=stats,
@@ -301,6 +310,51 @@ class ShardDataset(torch.utils.data.IterableDataset):
             if engine is not None:
                 engine.close()
 
+    def _batch_path(self) -> bool:
+        """Whether epochs run on ``fastdata.batches`` (shard counts known, or local shards to count)."""
+        if self.counts() is not None:
+            return True
+        if any("://" in u or u.startswith("pipe:") for u in self.urls):
+            return False
+        self._counts = [load_shard(u).n for u in self.urls]
+        return True
+
+    def _batch_epoch(self, workers: int, bs: int, threads: int, device, memory_format, timeout: float, ahead: int,
+                     stats: EngineStats) -> Iterator:  # fmt: skip
+        """One epoch on the batch path; the state is ``(epoch, batches)`` (``fastdata.schedule``)."""
+        rank, world = self.world()
+        start = self._resume or _fresh_batch(self._epoch)
+        self._resume = None
+        if start.get("num_workers", workers) != workers or start.get("batch_size", bs) != bs:
+            raise ValueError(
+                f"state_dict was taken with num_workers={start['num_workers']} and batch_size="
+                f"{start['batch_size']}; resume with the same (got {workers}, {bs})"
+            )
+        epoch = int(start["epoch"])
+        self._epoch = epoch + 1
+        order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        schedule = epoch_schedule(self.counts(), order, seed=self.seed, epoch=epoch, rank=rank, world_size=world,
+                                  num_workers=workers, batch_size=bs, drop_last=self.drop_last,
+                                  shuffle=self.shuffle, buffer_size=self.buffer_size)  # fmt: skip
+        header = {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world,
+                  "num_workers": workers, "batch_size": bs, "limit": schedule.batches}  # fmt: skip
+        stream = BatchStream(self, schedule, epoch=epoch, rank=rank, first=int(start["batches"]), num_workers=threads,
+                             device=device, memory_format=memory_format, timeout=timeout, ahead=ahead, stats=stats)  # fmt: skip
+        return self._batch_loop(stream, schedule, epoch, header)
+
+    def _batch_loop(self, stream: Any, schedule: Any, epoch: int, header: dict) -> Iterator:
+        started = time.perf_counter()
+        for b, images, extras in stream:
+            samples = int(schedule.starts[b + 1])
+            self._consumed = {**header, "epoch": epoch, "batches": b + 1, "samples": samples}
+            stream.stats.elapsed_s += time.perf_counter() - started
+            if images is None:
+                yield extras
+            else:
+                yield [images, *extras] if self.fields else images
+            started = time.perf_counter()
+        self._consumed = {**header, **_fresh_batch(epoch + 1), "limit": None}
+
     def _slot_batches(self, spec: StreamSpec, order: list[int], start: dict, w: int) -> Iterator:
         state = start["slots"][w]
         if state["done"]:
@@ -321,7 +375,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
         slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
         rngs = SampleRng(self.seed, epoch, rank, worker)
-        plan = _StreamPlan(self.plan, self._image_shape()) if self.plan is not None else None
+        plan = StreamPlan(self.plan, self._image_shape()) if self.plan is not None else None
         for i, sample in enumerate(slot.shuffled()):
             src, extra, url, key, field = self._prepare(sample)
             if isinstance(src, Failed):
@@ -419,41 +473,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self._sample_shape
 
 
-class _StreamPlan:
-    """The engine's view of a plan: failed samples raise their error, raw pixels may be copied."""
-
-    def __init__(self, plan: Any, shape: tuple[int, int, int]) -> None:
-        self.plan, self.sample_shape = plan, shape
-        sample_ops = [t for t in getattr(plan, "transforms", [None]) if getattr(t, "stage", "sample") == "sample"]
-        self._copy_only = not sample_ops
-        self._named = "url" in inspect.signature(plan.sample_into).parameters
-
-    def sample_into(self, src: Any, out: np.ndarray, rng: np.random.Generator, *, url=None, key=None, field=None) -> None:
-        if isinstance(src, Failed):
-            raise src.error
-        if self._copy_only and isinstance(src, np.ndarray) and src.shape == out.shape:
-            out[...] = src
-        elif self._named:
-            self.plan.sample_into(src, out, rng, url=url, key=key, field=field)
-        else:
-            self.plan.sample_into(src, out, rng)
-
-    def finish(self, batch: torch.Tensor, **kwargs: Any) -> Any:
-        return self.plan.finish(batch, **kwargs)
-
-
-def _compile(transform: Any) -> Any:
-    """A compiled plan from a fastdata pipeline, a plan, or a torchvision pipeline."""
-    if hasattr(transform, "sample_into") and hasattr(transform, "finish"):
-        return transform
-    if hasattr(transform, "plan"):
-        return transform.plan()
-    from fastdata.transforms import from_torchvision
-
-    pipeline, unsupported = from_torchvision(transform)
-    if unsupported:
-        raise ValueError(f"transform cannot be compiled: {', '.join(map(str, unsupported))}")
-    return pipeline.plan()
+def _fresh_batch(epoch: int) -> dict:
+    return {"epoch": epoch, "batches": 0, "samples": 0}
 
 
 def _remote_index(url: str) -> list[dict]:

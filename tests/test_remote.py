@@ -49,7 +49,9 @@ def test_http_shards_through_fsspec_equal_local_ones(served):
     local, _ = write_image_shards(str(folder), 30, 7)
     remote = local.replace(str(folder), base)
     assert remote.startswith("http://127.0.0.1:")
-    assert batches(remote) == batches(local)
+    # with the index, remote shards take the batch path as local ones do (read whole, same order)
+    assert batches(remote, index=f"{base}/train.index.json") == batches(local)
+    assert len(batches(remote)) == len(batches(local))  # no index: the streaming path
 
 
 def test_http_shards_with_a_remote_index_split_over_ranks(served):

@@ -113,20 +113,21 @@ def test_failing_pipe_command_is_a_shard_error(tmp_path):
 
 
 def test_crashing_reader_ends_iteration_with_its_traceback(tmp_path, monkeypatch):
-    import fastdata.dataset
+    import fastdata.batches
 
     urls, _ = write_image_shards(str(tmp_path), 30, 5)
+    load = fastdata.batches.load_shard
 
-    def exploding_decode(kind, data, *, url, key, field):
-        if key == "s00021":
+    def exploding_load(url):
+        if url.endswith("train-000004.tar"):
             raise RuntimeError("reader bug")
-        return int(data)
+        return load(url)
 
-    monkeypatch.setattr(fastdata.dataset, "decode_field", exploding_decode)
+    monkeypatch.setattr(fastdata.batches, "load_shard", exploding_load)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="reader bug") as info:
         list(ShardDataset(urls, transform=pipeline()).iter_batches(4, num_workers=2))
-    assert "exploding_decode" in "".join(traceback.format_tb(info.value.__traceback__))
+    assert "exploding_load" in "".join(traceback.format_tb(info.value.__traceback__))
     assert time.perf_counter() - start < 30
 
 

@@ -1,0 +1,406 @@
+"""The batch path of ``ShardDataset``: whole shards in memory, batches made by index arithmetic.
+
+``BatchStream(dataset, schedule, ...)`` yields one epoch's ``(images, extras)`` from a
+``fastdata.schedule.Schedule``. A pool of ``num_workers`` threads makes whole batches,
+at most ``ahead`` in flight; each batch job:
+
+1. takes the shards its samples live in from a shared cache (``fastdata.shardmap``: read
+   and scanned once, dropped after the last batch that reads them);
+2. writes the images: raw ``.npy`` pixels of the shard's common shape go through one
+   Numba kernel per batch (``fastdata.crops``) when the pipeline is an index map, other
+   images (JPEG, PNG, odd shapes) through ``plan.sample_into`` per sample, from
+   ``memoryview`` slices of the shard, with the per-sample generator of the engine;
+3. decodes the other fields (``.cls`` integers by a kernel, the rest per sample);
+4. replaces failed samples by the next good one of the batch (NOTE [ Skipping bad
+   samples ] in ``fastdata.engine``).
+
+On the CPU the kernels write the final float batch directly; with a ``device`` they
+write a uint8 NHWC batch of a ``fastdata.buffers.BatchRing`` and the consumer's thread
+calls ``plan.finish`` (non-blocking copy, conversion on the device). Every wait polls
+with the timeout; a job's exception reaches the consumer with its traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit
+
+from fastdata.buffers import BatchRing, OutputPool
+from fastdata.crops import convert_into, crop_spec, draw_params, gather_into, param_key
+from fastdata.engine import EngineStats, SampleRng
+from fastdata.errors import DecodeError, FastdataError, ShardError
+from fastdata.fields import collate_field, decode_field
+from fastdata.schedule import Schedule
+from fastdata.shardmap import ShardMap, load_shard
+
+__all__ = ["BatchStream"]
+
+_POLL_S = 1.0
+
+
+class _Cache:
+    """Shards in memory, loaded once by whichever job needs them first."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls, self.maps, self.locks = urls, {}, {}
+        self._lock = threading.Lock()
+
+    def get(self, shard: int) -> ShardMap:
+        with self._lock:
+            lock = self.locks.setdefault(shard, threading.Lock())
+        with lock:
+            if shard not in self.maps:
+                self.maps[shard] = load_shard(self.urls[shard])
+            return self.maps[shard]
+
+    def drop(self, shard: int) -> None:
+        self.maps.pop(shard, None)
+
+
+class BatchStream:
+    """One epoch of batches for a ``ShardDataset`` (see the module docstring).
+
+    Args:
+        ds: the dataset (its plan, fields, image extensions, error policy, seed).
+        schedule: the rank's epoch.
+        epoch, rank: mixed into the randomness.
+        first: the first batch to make (resumption).
+        num_workers: batch threads (0: in the consumer's thread).
+        device, memory_format: where and how the images go.
+        timeout: seconds to wait for one batch (0: no limit).
+        ahead: batches in flight.
+        stats: counters to add to.
+    """
+
+    def __init__(self, ds: Any, schedule: Schedule, *, epoch: int, rank: int, first: int, num_workers: int,
+                 device: Any, memory_format: torch.memory_format, timeout: float, ahead: int,
+                 stats: EngineStats) -> None:  # fmt: skip
+        self.ds, self.s, self.first = ds, schedule, first
+        self.workers, self.timeout, self.ahead, self.stats = num_workers, timeout, max(1, ahead), stats
+        self.device = torch.device(device) if device is not None else None
+        self.memory_format = memory_format
+        self.plan = ds.plan
+        self.cache = _Cache(ds.urls)
+        self.last_use = schedule.last_use(len(ds.urls))
+        self.rngs = SampleRng(ds.seed, epoch, rank, 0)
+        self.key = param_key(ds.seed, epoch, rank)
+        self.direct = self.plan is not None and self.device is None and self.plan.dtype != torch.uint8
+        self.nchw = memory_format != torch.channels_last
+        self._layouts: dict[tuple[int, str], Any] = {}
+        self._ring: BatchRing | None = None
+        self._outputs = OutputPool(self.ahead + 2)
+        if self.plan is not None:
+            shape = tuple(int(v) for v in ds._image_shape())
+            self.shape = shape
+            pin = self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+            if not self.direct:
+                self._ring = BatchRing(self.ahead + 1, ds_batch(schedule), shape, pin, False)
+            self.lut = self.plan.lut(torch.device("cpu")).numpy() if self.direct else _IDENTITY
+
+    # -- the consumer's side ----------------------------------------------------------------
+
+    def __iter__(self):
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastdata-batch") if self.workers else None
+        inflight: deque[tuple[int, Future, Any, Any]] = deque()
+        nxt = self.first
+        try:
+            while inflight or nxt < self.s.batches:
+                while nxt < self.s.batches and len(inflight) < self.ahead:
+                    inflight.append(self._submit(pool, nxt))
+                    nxt += 1
+                b, fut, out, slot = inflight.popleft()
+                t0 = time.perf_counter()
+                images, extras = self._wait(fut)
+                if not self.direct and self.plan is not None:
+                    images = self._finish(slot, len(extras[0]) if extras else None, b)
+                self.stats.wait_s += time.perf_counter() - t0
+                for shard in np.flatnonzero(self.last_use == b):
+                    self.cache.drop(int(shard))
+                n = int(self.s.starts[b + 1] - self.s.starts[b])
+                self.stats.batches, self.stats.samples = self.stats.batches + 1, self.stats.samples + n
+                yield b, images, extras
+        finally:
+            for _, fut, _, _ in inflight:
+                fut.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, pool, b: int) -> tuple[int, Future, Any, Any]:
+        n = int(self.s.starts[b + 1] - self.s.starts[b])
+        out = slot = None
+        if self.direct:
+            out = self._outputs.get(n)
+            if out is None:
+                out = torch.empty((n, 3, *self.shape[:2]), dtype=self.plan.dtype, memory_format=self.memory_format)
+            self._outputs.keep(out)
+        elif self._ring is not None:
+            slot = self._ring.take(n)
+            out = self._ring.tensors[slot]
+        if pool is None:
+            fut: Future = Future()
+            fut.set_result(self._job(b, out))
+        else:
+            fut = pool.submit(self._job, b, out)
+        return b, fut, (out if self.direct else None), slot
+
+    def _wait(self, fut: Future):
+        start = time.perf_counter()
+        while True:
+            done, _ = wait([fut], timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+            if done:
+                return fut.result(timeout=0)
+            if self.timeout > 0 and time.perf_counter() - start > self.timeout:
+                raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds waiting for a batch")
+
+    def _finish(self, slot: int, n: int | None, b: int):
+        n = int(self.s.starts[b + 1] - self.s.starts[b])
+        buf = self._ring.tensors[slot]
+        on_cuda = self.device is not None and self.device.type == "cuda"
+        try:
+            images = self.plan.finish(buf[:n], device=self.device, memory_format=self.memory_format)
+            if images.data_ptr() == buf.data_ptr():
+                images = images.clone()
+        finally:
+            self._ring.give_back(slot, on_cuda)
+        return images
+
+    # -- a batch job (worker thread) ---------------------------------------------------------
+
+    def _job(self, b: int, out: Any) -> tuple[Any, list]:
+        lo, hi = int(self.s.starts[b]), int(self.s.starts[b + 1])
+        shard, member = self.s.shard[lo:hi], self.s.member[lo:hi]
+        maps = {int(s): self.cache.get(int(s)) for s in np.unique(shard)}
+        errors: dict[int, Exception] = {}
+        for s, smap in maps.items():
+            rows = np.flatnonzero(shard == s)
+            for r in rows[member[rows] >= smap.n]:
+                errors[int(r)] = smap.error or ShardError(smap.url, f"holds {smap.n} samples, fewer than its index says")
+        if self.plan is not None:
+            self._images(lo, shard, member, maps, out, errors)
+        extras = [self._field(ext, kind, shard, member, maps, errors) for ext, kind in self.ds.fields.items()]
+        if errors:
+            self._replace(errors, shard, member, maps, out, extras)
+        kinds = list(self.ds.fields.items())
+        extras = [v if isinstance(v, torch.Tensor) else collate_field(kind, ext, v, self.ds.pad_value)
+                  for v, (ext, kind) in zip(extras, kinds, strict=True)]  # fmt: skip
+        return (out if self.direct else None), extras
+
+    def _images(self, lo: int, shard, member, maps: dict, out, errors: dict) -> None:
+        target = out.permute(0, 2, 3, 1) if (self.direct and not self.nchw) else out
+        arr = target.numpy() if self.direct else out.numpy()
+        slow: list[int] = []
+        for s, smap in maps.items():
+            rows = np.flatnonzero((shard == s) & (member < smap.n))
+            rows = np.array([r for r in rows if int(r) not in errors], np.int64)
+            if len(rows) == 0:
+                continue
+            ext, fast = self._fast_rows(s, smap, member[rows])
+            if fast is not None and fast.any():
+                layout = self._layouts[(s, ext)]
+                sel = rows[fast]
+                offsets = smap.fields[ext][0][member[sel]] + layout[0]
+                params = draw_params(layout[4], self.key, lo + sel)
+                dst = arr[sel] if not _is_run(sel) else arr[sel[0] : sel[-1] + 1]
+                gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, dst, self.nchw and self.direct)
+                if not _is_run(sel):
+                    arr[sel] = dst
+                rows = rows[~fast]
+            slow += [int(r) for r in rows]
+        self._per_sample(lo, slow, shard, member, maps, arr, errors)
+
+    def _fast_rows(self, s: int, smap: ShardMap, members: np.ndarray):
+        """The image extension of these samples and which of them the batch kernel can take."""
+        ext = next((e for e in self.ds.image if e in smap.fields), None)
+        if ext is None or not ext.endswith("npy"):
+            return ext, None
+        if (s, ext) not in self._layouts:
+            self._layouts[(s, ext)] = _npy_layout(smap, ext, self.plan.sample_ops, self.shape)
+        layout = self._layouts[(s, ext)]
+        if layout is None:
+            return ext, None
+        offsets, sizes = smap.fields[ext]
+        same = _same_header(smap.data, offsets[members], sizes[members], layout[5], layout[6])
+        return ext, same
+
+    def _per_sample(self, lo: int, rows: list[int], shard, member, maps, arr, errors: dict) -> None:
+        if not rows:
+            return
+        from fastdata.streamplan import StreamPlan
+
+        plan = StreamPlan(self.plan, self.shape)
+        tmp = np.empty((len(rows), *self.shape), np.uint8) if self.direct else None
+        done = []
+        for k, r in enumerate(rows):
+            smap, m = maps[int(shard[r])], int(member[r])
+            field = next((e for e in self.ds.image if smap.view(e, m) is not None), self.ds.image[0])
+            key = smap.key(m)
+            try:
+                src = self.ds._image_source({field: smap.view(field, m)} if smap.view(field, m) is not None else {}, smap.url, key, field)
+                plan.sample_into(src, tmp[k] if self.direct else arr[r], self.rngs.for_sample(lo + r), url=smap.url, key=key, field=field)
+                done.append(k)
+            except Exception as exc:  # becomes the sample's error, see _replace
+                errors[r] = _as_error(exc, smap.url, key, field)
+        if self.direct and done:
+            convert_into(tmp[done], np.asarray(rows, np.int64)[done], self.lut, arr, self.nchw)
+
+    def _field(self, ext: str, kind: str, shard, member, maps: dict, errors: dict) -> Any:
+        n = len(shard)
+        if kind == "int":
+            values, ok = np.zeros(n, np.int64), np.zeros(n, np.bool_)
+            for s, smap in maps.items():
+                rows = np.flatnonzero((shard == s) & (member < smap.n))
+                offsets, sizes = smap.fields.get(ext, (np.full(smap.n, -1, np.int64), np.zeros(smap.n, np.int64)))
+                _parse_ints(smap.data, offsets[member[rows]], sizes[member[rows]], rows, values, ok)
+            for r in np.flatnonzero(~ok):
+                if int(r) not in errors:
+                    errors[int(r)] = self._int_error(maps[int(shard[r])], int(member[r]), ext)
+            return torch.from_numpy(values)
+        out = [None] * n
+        for r in range(n):
+            if r in errors:
+                continue
+            smap, m = maps[int(shard[r])], int(member[r])
+            try:
+                out[r] = self._decode(ext, kind, smap, m)
+            except FastdataError as exc:
+                errors[r] = exc
+        return out
+
+    def _decode(self, ext: str, kind: str, smap: ShardMap, m: int) -> Any:
+        if ext == "__key__":
+            return smap.key(m)
+        if ext == "__url__":
+            return smap.url
+        data = smap.view(ext, m)
+        if data is None:
+            raise DecodeError(smap.url, smap.key(m), ext, "missing field")
+        data = data if kind == "array" else bytes(data)
+        return decode_field(kind, data, url=smap.url, key=smap.key(m), field=ext)
+
+    def _int_error(self, smap: ShardMap, m: int, ext: str) -> Exception:
+        try:
+            self._decode(ext, "int", smap, m)
+        except FastdataError as exc:
+            return exc
+        return DecodeError(smap.url, smap.key(m), ext, "cannot decode as int")
+
+    def _replace(self, errors: dict, shard, member, maps: dict, out, extras: list) -> None:
+        """NOTE [ Skipping bad samples ] of ``fastdata.engine``, applied to a whole batch."""
+        first = errors[min(errors)]
+        if self.ds.on_error == "raise":
+            raise first
+        n = len(shard)
+        good = [r for r in range(n) if r not in errors]
+        if not good:
+            raise DecodeError(None, None, None, "every sample of a batch failed") from first
+        for r in sorted(errors):
+            donor = next((g for g in good if g > r), good[0])
+            if out is not None:
+                out[r] = out[donor]
+            for values in extras:
+                values[r] = values[donor]
+            self._skipped(errors[r], maps.get(int(shard[r])), int(member[r]))
+
+    def _skipped(self, err: Exception, smap: ShardMap | None, m: int) -> None:
+        self.stats.skipped += 1
+        if len(self.stats.skipped_keys) < 100:
+            key = getattr(err, "key", None) or (smap.key(m) if smap is not None and m < smap.n else None)
+            self.stats.skipped_keys.append(f"{getattr(err, 'url', None) or (smap.url if smap else None)}:{key}")
+        if self.ds.on_error == "warn":
+            warnings.warn(f"skipped a bad sample: {err}", stacklevel=2)
+
+
+_IDENTITY = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+
+
+def ds_batch(schedule: Schedule) -> int:
+    """The largest batch of a schedule (ring buffers are allocated for it)."""
+    return int(np.diff(schedule.starts).max()) if schedule.batches else 1
+
+
+def _is_run(rows: np.ndarray) -> bool:
+    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1
+
+
+def _npy_layout(smap: ShardMap, ext: str, sample_ops: list, shape: tuple):
+    """``(pixel offset, h, w, chw, spec, header, header length)`` of a shard's ``.npy`` pixels, or None."""
+    from fastdata.fields import decode_npy
+
+    offsets, sizes = smap.fields[ext]
+    first = np.flatnonzero(offsets >= 0)
+    if len(first) == 0:
+        return None
+    view = smap.view(ext, int(first[0]))
+    try:
+        arr = decode_npy(view)
+    except ValueError:
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != 3 or not arr.flags.c_contiguous:
+        return None
+    chw = arr.shape[0] == 3 and arr.shape[2] not in (1, 3, 4)
+    h, w, c = (arr.shape[1], arr.shape[2], arr.shape[0]) if chw else arr.shape
+    spec = crop_spec(sample_ops, h, w)
+    if c != 3 or spec is None or (*spec.size, 3) != tuple(shape):
+        return None
+    start = len(view) - arr.nbytes
+    header = np.frombuffer(bytes(view[:start]), np.uint8)
+    return start, h, w, chw, spec, header, len(view)
+
+
+@njit(nogil=True, cache=True)
+def _same_header(data, offsets, sizes, header, size):
+    out = np.zeros(len(offsets), np.bool_)
+    for i in range(len(offsets)):
+        if offsets[i] < 0 or sizes[i] != size:
+            continue
+        ok = True
+        for k in range(len(header)):
+            if data[offsets[i] + k] != header[k]:
+                ok = False
+                break
+        out[i] = ok
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _parse_ints(data, offsets, sizes, rows, values, ok):
+    for k in range(len(rows)):
+        lo, n = offsets[k], sizes[k]
+        if lo < 0:
+            continue
+        i, end = lo, lo + n
+        while i < end and (data[i] == 32 or 9 <= data[i] <= 13):
+            i += 1
+        while end > i and (data[end - 1] == 32 or 9 <= data[end - 1] <= 13):
+            end -= 1
+        sign = 1
+        if i < end and (data[i] == 45 or data[i] == 43):
+            sign = -1 if data[i] == 45 else 1
+            i += 1
+        if i == end or end - i > 18:
+            continue
+        v, good = 0, True
+        for j in range(i, end):
+            d = data[j] - 48
+            if d < 0 or d > 9:
+                good = False
+                break
+            v = v * 10 + d
+        if good:
+            values[rows[k]], ok[rows[k]] = sign * v, True
+
+
+def _as_error(exc: Exception, url: str, key: str, field: str) -> Exception:
+    if isinstance(exc, FastdataError):
+        return exc
+    wrapped = DecodeError(url, key, field, f"{type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped

@@ -1,0 +1,184 @@
+"""Batch kernels of the raw-pixel path: crop, pad, flip and normalise whole batches at once.
+
+A pipeline whose per-sample steps are at most one ``RandomCrop`` (constant padding) or
+``CenterCrop`` followed by ``RandomHorizontalFlip``/``RandomVerticalFlip`` is, on raw
+pixels of a fixed shape, an index map: output pixel ``(y, x)`` of sample ``i`` is source
+pixel ``(oy[i] + y', ox[i] + x')`` (``y'``/``x'`` mirrored when flipped) or the fill value
+outside the image. ``gather_into`` applies that map for a whole batch straight from the
+shard's bytes, through the pipeline's ``(C, 256)`` normalisation table, into the output
+batch (uint8 NHWC for a device, the final float NCHW or NHWC batch on the CPU): one pass,
+no per-sample Python. ``convert_into`` runs the same table over a uint8 NHWC batch.
+
+NOTE [ Batch-drawn augmentation parameters ]
+The per-sample ``Generator`` of the general path costs microseconds per sample, more
+than the pixels of a 32x32 image. Here each parameter is a counter-based hash instead:
+draw ``d`` of sample ``index`` is ``splitmix64(key ^ (index * phi + d * c))`` scaled to
+``[0, 1)``, where ``key`` comes from ``SeedSequence((seed, epoch, rank, 0))``. It is a pure
+function of ``(seed, epoch, rank, index)`` (``index``: the sample's position in the rank's
+epoch stream), computed for a whole batch with a few NumPy operations, so resumed batches
+get the same crops and flips. The distributions are torchvision's (offsets uniform over
+the valid range, flips with probability ``p``); the values differ from the general path's
+generator draws for the same sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from fastdata.transforms.ops import CenterCrop, RandomCrop, RandomHorizontalFlip, RandomVerticalFlip
+
+__all__ = ["CropSpec", "Params", "crop_spec", "draw_params", "gather_into", "convert_into", "param_key"]
+
+_PHI, _C = np.uint64(0x9E3779B97F4A7C15), 0xD1B54A32D192ED03
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """The index map's parameters for sources of shape ``(h, w)``.
+
+    Attributes:
+        size: output ``(H, W)``.
+        before: padding ``(top, left)`` (the offset of a draw of 0 is ``-before``).
+        span: number of valid offsets ``(y, x)``; 1 for a fixed crop.
+        center: the fixed offset ``(y, x)`` used when ``span`` is 1.
+        hflip: probability of a horizontal flip; vflip likewise.
+        fill: per-channel fill value of the padding.
+    """
+
+    size: tuple[int, int]
+    before: tuple[int, int]
+    span: tuple[int, int]
+    center: tuple[int, int]
+    hflip: float
+    vflip: float
+    fill: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Params:
+    """Per-sample parameters of a batch: offsets and flips (int64 / bool arrays)."""
+
+    oy: np.ndarray
+    ox: np.ndarray
+    hf: np.ndarray
+    vf: np.ndarray
+
+
+def crop_spec(sample_ops: list, h: int, w: int) -> CropSpec | None:
+    """The index map of ``sample_ops`` on ``(h, w)`` sources, or None if they are not one."""
+    size, before, span, center, fill = (h, w), (0, 0), (1, 1), (0, 0), (0, 0, 0)
+    flips = {"h": 0.0, "v": 0.0}
+    for i, t in enumerate(sample_ops):
+        if isinstance(t, (RandomHorizontalFlip, RandomVerticalFlip)):
+            flips["h" if isinstance(t, RandomHorizontalFlip) else "v"] = t.p
+            continue
+        if i > 0 or not isinstance(t, (RandomCrop, CenterCrop)):
+            return None
+        size = t.size
+        if isinstance(t, CenterCrop):
+            if size[0] > h or size[1] > w:
+                return None
+            center = (int(round((h - size[0]) / 2.0)), int(round((w - size[1]) / 2.0)))
+            continue
+        if t.padding_mode != "constant":
+            return None
+        left, top, right, bottom = t.padding
+        pads = []
+        for n, lo, hi, s in ((h, top, bottom, size[0]), (w, left, right, size[1])):
+            if t.pad_if_needed and n + lo + hi < s:
+                lo, hi = lo + s - (n + lo + hi), hi + s - (n + lo + hi)
+            if n + lo + hi < s:
+                return None
+            pads.append((lo, n + lo + hi - s + 1))
+        before, span, fill = (pads[0][0], pads[1][0]), (pads[0][1], pads[1][1]), t.fill
+        center = (-before[0], -before[1])
+    return CropSpec(tuple(size), before, span, center, flips["h"], flips["v"], tuple(fill))
+
+
+def param_key(seed: int, epoch: int, rank: int) -> int:
+    """The 64-bit key of NOTE [ Batch-drawn augmentation parameters ]."""
+    words = [int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, epoch, rank, 0, 0x43524F50)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+
+
+def uniforms(key: int, index: np.ndarray, draw: int) -> np.ndarray:
+    """Draw ``draw`` of each sample ``index``, uniform in ``[0, 1)``."""
+    x = index.astype(np.uint64) * _PHI ^ np.uint64((key + draw * _C) & 0xFFFFFFFFFFFFFFFF)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def draw_params(spec: CropSpec, key: int, index: np.ndarray) -> Params:
+    """The parameters of the samples at stream positions ``index``."""
+    oy, ox = (
+        (np.floor(uniforms(key, index, d) * spec.span[d]).astype(np.int64) - spec.before[d])
+        if spec.span[d] > 1 else np.full(len(index), spec.center[d], np.int64)
+        for d in (0, 1)
+    )  # fmt: skip
+    return Params(oy, ox, uniforms(key, index, 2) < spec.hflip, uniforms(key, index, 3) < spec.vflip)
+
+
+def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, out, nchw: bool) -> None:
+    """Writes the batch: ``out[i]`` from the ``(h, w, 3)`` (or ``(3, h, w)``) uint8 pixels at ``offsets[i]``.
+
+    Args:
+        data: the shard's bytes (uint8).
+        offsets: int64 byte offset of each sample's first pixel.
+        chw: the source is channels-first.
+        h, w: source size.
+        p: per-sample offsets and flips.
+        fill: uint8 fill per channel.
+        lut: ``(3, 256)`` table in ``out``'s dtype (identity for uint8 output).
+        out: ``(N, 3, H, W)`` when ``nchw`` else ``(N, H, W, 3)``, C-contiguous.
+        nchw: layout of ``out``.
+    """
+    _gather(data, offsets, chw, h, w, p.oy, p.ox, p.hf, p.vf, np.asarray(fill, np.uint8), lut, out, nchw)
+
+
+@njit(nogil=True, cache=True)
+def _source(data, base, chw, h, w, sy, sx, c):
+    if chw:
+        return data[base + c * h * w + sy * w + sx]
+    return data[base + (sy * w + sx) * 3 + c]
+
+
+@njit(nogil=True, cache=True)
+def _gather(data, offsets, chw, h, w, oy, ox, hf, vf, fill, lut, out, nchw):
+    n = len(offsets)
+    H = out.shape[2] if nchw else out.shape[1]
+    W = out.shape[3] if nchw else out.shape[2]
+    for i in range(n):
+        base = offsets[i]
+        for y in range(H):
+            sy = oy[i] + (H - 1 - y if vf[i] else y)
+            for x in range(W):
+                sx = ox[i] + (W - 1 - x if hf[i] else x)
+                inside = 0 <= sy < h and 0 <= sx < w
+                for c in range(3):
+                    v = _source(data, base, chw, h, w, sy, sx, c) if inside else fill[c]
+                    if nchw:
+                        out[i, c, y, x] = lut[c, v]
+                    else:
+                        out[i, y, x, c] = lut[c, v]
+
+
+@njit(nogil=True, cache=True)
+def convert_into(src, rows, lut, out, nchw):
+    """``out[rows[k]] = lut`` applied to ``src[k]`` (uint8 NHWC), in ``out``'s layout."""
+    H, W = src.shape[1], src.shape[2]
+    for k in range(len(rows)):
+        i = rows[k]
+        for y in range(H):
+            for x in range(W):
+                for c in range(3):
+                    if nchw:
+                        out[i, c, y, x] = lut[c, src[k, y, x, c]]
+                    else:
+                        out[i, y, x, c] = lut[c, src[k, y, x, c]]

@@ -1,0 +1,114 @@
+"""The batch path: raw-pixel kernel against a NumPy reference, schedules as partitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shard_fixtures import write_image_shards
+
+from fastdata import transforms as T
+from fastdata.crops import crop_spec, draw_params, param_key
+from fastdata.dataset import ShardDataset
+from fastdata.sampling import rank_batches, shard_order
+from fastdata.schedule import epoch_schedule
+from fastdata.writer import ShardWriter
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def reference(img: np.ndarray, oy: int, ox: int, hf: bool, vf: bool, size, fill=0) -> np.ndarray:
+    """Pad, crop, flip and normalise one HWC image in float64 NumPy."""
+    h, w = img.shape[:2]
+    pad = max(size[0], size[1]) + max(h, w)
+    canvas = np.full((h + 2 * pad, w + 2 * pad, 3), fill, np.float64)
+    canvas[pad : pad + h, pad : pad + w] = img
+    crop = canvas[pad + oy : pad + oy + size[0], pad + ox : pad + ox + size[1]]
+    crop = crop[:, ::-1] if hf else crop
+    crop = crop[::-1] if vf else crop
+    return ((crop / 255 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
+
+
+def write_raw(folder, n, per_shard, chw: bool, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = {}
+    with ShardWriter(str(folder / "r-%03d.tar"), maxcount=per_shard) as sink:
+        for i in range(n):
+            img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+            pixels[f"k{i:04d}"] = img
+            sink.write({"__key__": f"k{i:04d}", "npy": img.transpose(2, 0, 1).copy() if chw else img, "cls": i})
+    return str(folder / f"r-{{000..{(n - 1) // per_shard:03d}}}.tar"), pixels
+
+
+@pytest.mark.parametrize("chw,channels_last,workers", [(False, False, 2), (True, False, 0), (False, True, 1)])
+def test_raw_kernel_matches_numpy_reference(tmp_path, chw, channels_last, workers):
+    urls, pixels = write_raw(tmp_path, 37, 8, chw, seed=int(chw))
+    ops = [T.RandomCrop((8, 9), padding=(1, 2, 3, 4)), T.RandomHorizontalFlip(), T.RandomVerticalFlip(0.3)]
+    pipe = T.Compose([*ops, T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    ds = ShardDataset(urls, transform=pipe, fields=("__key__", "cls"), shuffle=True, buffer_size=10, seed=5)
+    spec = crop_spec(ops, 10, 12)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for epoch in range(2):
+        key, pos, flips = param_key(5, epoch, 0), 0, 0
+        for images, keys, labels in ds.iter_batches(6, num_workers=workers, memory_format=fmt):
+            assert images.is_contiguous(memory_format=fmt)
+            p = draw_params(spec, key, np.arange(pos, pos + len(keys)))
+            for r, k in enumerate(keys):
+                expect = reference(pixels[k], p.oy[r], p.ox[r], p.hf[r], p.vf[r], (8, 9))
+                np.testing.assert_allclose(images[r].double().numpy(), expect, atol=2e-6, rtol=0)
+                assert int(labels[r]) == int(k[1:])
+            pos, flips = pos + len(keys), flips + int(p.hf.sum())
+        assert 0 < flips < pos and pos == 37
+
+
+def test_raw_kernel_with_odd_sample_shapes_falls_back_per_sample(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (10 + i % 2, 12, 3), dtype=np.uint8) for i in range(12)]
+    with ShardWriter(str(tmp_path / "o-%03d.tar"), maxcount=6) as sink:
+        for i, img in enumerate(imgs):
+            sink.write({"__key__": f"k{i:02d}", "npy": img, "cls": i})
+    pipe = T.Compose([T.CenterCrop(8), T.ToDtype(torch.float32, scale=True)])
+    got = ShardDataset(str(tmp_path / "o-{000..001}.tar"), transform=pipe, fields=("cls",)).iter_batches(5)
+    for images, labels in got:
+        for img, i in zip(images, labels.tolist(), strict=True):
+            h = imgs[i].shape[0]
+            top = int(round((h - 8) / 2.0))
+            expect = torch.from_numpy(imgs[i][top : top + 8, 2:10]).permute(2, 0, 1).float() / 255
+            torch.testing.assert_close(img, expect)
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=9), world=st.integers(1, 3), workers=st.integers(1, 3),
+       bs=st.integers(1, 7), seed=st.integers(0, 2**32), buffer=st.integers(0, 20), drop=st.booleans())  # fmt: skip
+def test_schedule_is_a_partition_with_equal_batches(counts, world, workers, bs, seed, buffer, drop):
+    order = shard_order(len(counts), seed=seed, epoch=1, shuffle=True)
+    taken, lengths = [], []
+    for rank in range(world):
+        s = epoch_schedule(counts, order, seed=seed, epoch=1, rank=rank, world_size=world, num_workers=workers,
+                           batch_size=bs, drop_last=drop, shuffle=buffer > 0, buffer_size=buffer)  # fmt: skip
+        assert np.all(np.diff(s.starts) >= 1) and np.all(np.diff(s.starts) <= bs)
+        lengths.append(s.batches)
+        taken += list(zip(s.shard.tolist(), s.member.tolist(), strict=True))
+        assert all(0 <= m < counts[sh] for sh, m in taken)
+    assert len(set(taken)) == len(taken)  # disjoint, no repeats
+    per_rank = rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=drop)
+    assert lengths == [min(per_rank)] * world
+    if len(set(per_rank)) == 1 and not drop:
+        assert sorted(taken) == sorted((sh, m) for sh, c in enumerate(counts) for m in range(c))
+
+
+def test_corrupt_npy_header_is_skipped_and_counted(tmp_path):
+    urls, pixels = write_raw(tmp_path, 16, 8, chw=False)
+    path = tmp_path / "r-001.tar"
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x93NUMPY", 0)
+    data[at : at + 6] = b"BROKEN"  # the first .npy of the second shard
+    path.write_bytes(bytes(data))
+    pipe = T.Compose([T.RandomCrop(8, padding=2), T.ToDtype(torch.float32, scale=True)])
+    ds = ShardDataset(urls, transform=pipe, fields=("__key__",), on_error="skip")
+    keys = [k for _, ks in ds.iter_batches(4, num_workers=2) for k in ks]
+    assert len(keys) == 16 and "k0008" not in keys and ds.stats.skipped == 1
+    with pytest.raises(Exception, match="k0008"):
+        list(ShardDataset(urls, transform=pipe, fields=("__key__",)).iter_batches(4))
