@@ -6,10 +6,13 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fastdata.decode import decode_image, image_format, image_size
 from fastdata.errors import DecodeError
+from fastdata.png import decode_png
 
 
 def _encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
@@ -93,3 +96,42 @@ def test_truncated_and_corrupt_raise_typed_error_naming_sample(fmt):
 def test_non_bytes_is_a_type_error():
     with pytest.raises(TypeError):
         decode_image(np.zeros(3))
+
+
+@given(
+    h=st.integers(1, 48),
+    w=st.integers(1, 48),
+    mode=st.sampled_from(["RGB", "RGBA", "L", "LA", "P", "I;16"]),
+    smooth=st.booleans(),
+    optimize=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=80, deadline=None)
+def test_png_fast_decoder_matches_pillow(h, w, mode, smooth, optimize, seed):
+    rgba = np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8)
+    if smooth:  # exercises every row filter, not only the ones noise selects
+        rgba = (np.cumsum(rgba.astype(np.int64), axis=0) // (h + 1)).astype(np.uint8)
+    img = Image.fromarray(rgba).convert(mode)
+    data = _save_png(img, optimize)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert image_size(data) == (h, w)
+    np.testing.assert_array_equal(decode_image(data), expected)
+    fast = decode_png(data)
+    if fast is not None:  # None: palette/16-bit PNGs are Pillow's
+        np.testing.assert_array_equal(fast, expected)
+
+
+def _save_png(img: Image.Image, optimize: bool) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=optimize)
+    return buf.getvalue()
+
+
+def test_corrupt_png_data_raises_decode_error_naming_sample():
+    data = bytearray(_encode(_photo(40, 40), "PNG"))
+    start = data.index(b"IDAT") + 40
+    data[start : start + 20] = bytes(20)  # zeroed compressed bytes: zlib's checksum fails
+    with pytest.raises(DecodeError, match="s1"):
+        decode_image(bytes(data), url="a.tar", key="s1", field="png")
+    with pytest.raises(DecodeError):
+        decode_image(bytes(data)[: len(data) // 2], key="s2")

@@ -303,3 +303,35 @@ def test_from_torchvision_eval_pipeline_gives_torchvision_numbers(jpegs):
     a = ours(jpegs[2])
     b = tv(Image.open(io.BytesIO(jpegs[2])).convert("RGB"))
     assert ((a - b).abs() <= 2 / 255).float().mean() >= 0.99
+
+
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    size=st.integers(1, 40),
+    pad=st.integers(0, 6),
+    mode=st.sampled_from(["constant", "edge", "reflect", "symmetric"]),
+    flips=st.integers(0, 2),
+    seed=st.integers(0, 2**32),
+    as_png=st.booleans(),
+)
+@settings(max_examples=80, deadline=None)
+def test_resize_free_fast_path_equals_general_path(h, w, size, pad, mode, flips, seed, as_png):
+    steps = [T.RandomCrop(size, padding=pad, pad_if_needed=True, fill=(1, 2, 3), padding_mode=mode)]
+    steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip(0.3)][:flips]
+    fast, general = T.Compose(steps).plan(), T.Compose(steps).plan()
+    general._direct = None  # NOTE [ Resize-free fast path ]: the tables path instead
+    assert fast._direct is not None
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    src = _png(img) if as_png else img
+    outs = [np.full((size, size, 3), 7, np.uint8) for _ in range(2)]
+    for plan, out in zip((fast, general), outs, strict=True):
+        plan.sample_into(src, out, np.random.default_rng(seed))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(fast.sample(src, np.random.default_rng(seed)), outs[1])
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()

@@ -207,10 +207,14 @@ class RandomCrop(Transform):
         return self.size
 
     def apply(self, geom: Geometry, rng: np.random.Generator) -> None:
+        geom.crop(self.offsets(*geom.size(), rng), self.size, self.padding_mode, self.fill)
+
+    def offsets(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
+        """Draw the crop's ``(top, left)`` in the unpadded image (negative: in the padding)."""
         left, top, right, bottom = self.padding
         offsets = []
         for a, (before, after) in enumerate(((top, bottom), (left, right))):
-            n = geom.size()[a]
+            n = (height, width)[a]
             if self.pad_if_needed and n + before + after < self.size[a]:
                 diff = self.size[a] - (n + before + after)
                 before, after = before + diff, after + diff
@@ -222,7 +226,7 @@ class RandomCrop(Transform):
                 if padded > self.size[a]
                 else -before
             )
-        geom.crop(tuple(offsets), self.size, self.padding_mode, self.fill)
+        return offsets[0], offsets[1]
 
 
 def _padding(padding) -> tuple[int, int, int, int]:

@@ -30,9 +30,17 @@ import numpy as np
 import torch
 
 from fastdata.decode import decode_image, image_format, image_size
-from fastdata.transforms.geometry import Geometry, PlanError
+from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
 from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
-from fastdata.transforms.ops import DecodeImage, Normalize, ToDtype, Transform
+from fastdata.transforms.ops import (
+    DecodeImage,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomVerticalFlip,
+    ToDtype,
+    Transform,
+)
 
 CHANNELS = 3
 
@@ -65,6 +73,13 @@ def _axis_table(size: int, lo, length, n_resized, rows, kind, antialias):
     return starts, counts, weights
 
 
+def _check_out(out: np.ndarray, size: tuple[int, int]) -> None:
+    if out.dtype != np.uint8 or out.shape != (*size, CHANNELS) or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous uint8 {(*size, CHANNELS)} array, got {out.dtype} {out.shape}"
+        )
+
+
 def default_rng() -> np.random.Generator:
     """A generator seeded from torch's global RNG (so ``torch.manual_seed`` and worker seeding apply)."""
     return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
@@ -94,6 +109,46 @@ class Plan:
             )
         self.dtype, self.scale, self.mean, self.std = self._batch_stage()
         self._luts: dict[tuple[str, int], torch.Tensor] = {}
+        self._direct = self._direct_steps()
+
+    def _direct_steps(self):
+        """``(crop, flips)`` when the sample stage is RandomCrop then flips only, else None.
+
+        NOTE [ Resize-free fast path ]
+        CIFAR-style pipelines (RandomCrop with padding, flips) never resample, so the
+        symbolic geometry, the resampling tables and their NumPy temporaries (tens of
+        microseconds of Python per sample, more than decoding a 32x32 PNG) are skipped:
+        the same draws, in the same order from the same ``rng``, feed one
+        :func:`~fastdata.transforms.kernels.cpu.crop_flip_into` call. The output is
+        identical to the general path's (tested).
+        """
+        ops = self.sample_ops
+        if not ops or type(ops[0]) is not RandomCrop:
+            return None
+        flips = ops[1:]
+        if any(type(t) not in (RandomHorizontalFlip, RandomVerticalFlip) for t in flips):
+            return None
+        axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
+        return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
+
+    def _sample_direct(self, src, out, rng, url, key, field) -> None:
+        crop, flips = self._direct
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            h, w = image_size(src, url=url, key=key, field=field)
+            arr = None
+        else:
+            arr = _as_hwc(src)
+            h, w = arr.shape[:2]
+        top, left = crop.offsets(h, w, rng)
+        flip = [False, False]
+        for p, axis in flips:
+            if rng.random() < p:
+                flip[axis] = not flip[axis]
+        if arr is None:
+            arr = decode_image(src, url=url, key=key, field=field)
+        fill = np.asarray(crop.fill, np.uint8)
+        mode = PAD_MODES.index(crop.padding_mode)
+        cpu.crop_flip_into(arr, top, left, flip[0], flip[1], mode, fill, out)
 
     def _batch_stage(self):
         dtype, scale, mean, std = torch.uint8, False, None, None
@@ -166,16 +221,21 @@ class Plan:
             DecodeError: the bytes cannot be decoded.
             ValueError: ``out`` does not have the planned shape and dtype.
         """
+        if self._direct is not None:
+            size = self._direct[0].size
+            _check_out(out, size)
+            self._sample_direct(src, out, rng, url, key, field)
+            return
         geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
-        size = geom.size()
-        if out.dtype != np.uint8 or out.shape != (*size, CHANNELS) or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be a C-contiguous uint8 {(*size, CHANNELS)} array, got {out.dtype} {out.shape}"
-            )
+        _check_out(out, geom.size())
         self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
 
     def sample(self, src, rng: np.random.Generator) -> np.ndarray:
         """Like :meth:`sample_into` but allocates the output (its size may vary with the input)."""
+        if self._direct is not None:
+            out = np.empty((*self._direct[0].size, CHANNELS), np.uint8)
+            self._sample_direct(src, out, rng, None, None, None)
+            return out
         geom, arr = self.geometry(src, rng)
         out = np.empty((*geom.size(), CHANNELS), np.uint8)
         self._render(self._decoded(src, geom, arr, None, None, None), geom, out)

@@ -186,6 +186,53 @@ def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
         _horizontal(acc, x0, xs, xc, xw, gain, fill, dst[oy])
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _pad_index(pos, size, mode):
+    """``geometry.pad_map`` for one position: mode 0 constant (-1 = fill), 1 edge, 2 reflect, 3 symmetric."""
+    if 0 <= pos < size:
+        return pos
+    if mode == 0:
+        return -1
+    if mode == 1:
+        return min(max(pos, 0), size - 1)
+    if mode == 2:
+        period = max(2 * size - 2, 1)
+        p = pos % period
+        return p if p < size else period - p
+    p = pos % (2 * size)
+    return p if p < size else 2 * size - 1 - p
+
+
+@njit(nogil=True, cache=True)
+def crop_flip_into(src, top, left, flip_y, flip_x, mode, fill, out):
+    """Crop ``out.shape[:2]`` pixels at ``(top, left)`` of ``src`` (outside: padding), then flip.
+
+    The resize-free case of :func:`resample_into` (RandomCrop with padding and flips)
+    without tables: output pixel ``(y, x)`` shows source pixel ``(top + y', left + x')``,
+    ``y'``/``x'`` mirrored when flipped, mapped into the image by the padding ``mode``
+    (``_pad_index``) or ``fill`` where it falls outside.
+
+    Args:
+        src: ``(H, W, 3)`` uint8 source image.
+        top, left: offset of the crop in the source (negative: starts in the padding).
+        flip_y, flip_x: mirror the crop vertically / horizontally.
+        mode: 0 constant, 1 edge, 2 reflect, 3 symmetric padding.
+        fill: uint8 ``(3,)`` value of constant padding.
+        out: ``(h, w, 3)`` uint8 destination, written completely.
+    """
+    h, w, nc = out.shape
+    sh, sw = src.shape[0], src.shape[1]
+    cols = np.empty(w, np.int64)
+    for x in range(w):
+        cols[x] = _pad_index(left + (w - 1 - x if flip_x else x), sw, mode)
+    for y in range(h):
+        sy = _pad_index(top + (h - 1 - y if flip_y else y), sh, mode)
+        for x in range(w):
+            sx = cols[x]
+            for c in range(nc):
+                out[y, x, c] = fill[c] if (sy < 0 or sx < 0) else src[sy, sx, c]
+
+
 @njit(nogil=True, cache=True, parallel=True)
 def normalize_nchw(src, lut, out):
     """``out[n, c, y, x] = lut[c, src[n, y, x, c]]`` (see NOTE [ Normalisation through a lookup table ]).
