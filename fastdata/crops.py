@@ -143,30 +143,33 @@ def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, 
 
 
 @njit(nogil=True, cache=True)
-def _source(data, base, chw, h, w, sy, sx, c):
-    if chw:
-        return data[base + c * h * w + sy * w + sx]
-    return data[base + (sy * w + sx) * 3 + c]
-
-
-@njit(nogil=True, cache=True)
 def _gather(data, offsets, chw, h, w, oy, ox, hf, vf, fill, lut, out, nchw):
     n = len(offsets)
     H = out.shape[2] if nchw else out.shape[1]
     W = out.shape[3] if nchw else out.shape[2]
+    sx = np.empty(W, np.int64)
     for i in range(n):
         base = offsets[i]
+        for x in range(W):
+            sx[x] = ox[i] + (W - 1 - x if hf[i] else x)
+        full = sx.min() >= 0 and sx.max() < w
         for y in range(H):
             sy = oy[i] + (H - 1 - y if vf[i] else y)
-            for x in range(W):
-                sx = ox[i] + (W - 1 - x if hf[i] else x)
-                inside = 0 <= sy < h and 0 <= sx < w
-                for c in range(3):
-                    v = _source(data, base, chw, h, w, sy, sx, c) if inside else fill[c]
-                    if nchw:
-                        out[i, c, y, x] = lut[c, v]
-                    else:
-                        out[i, y, x, c] = lut[c, v]
+            for c in range(3):
+                table = lut[c]
+                row = out[i, c, y] if nchw else out[i, y, :, c]
+                if sy < 0 or sy >= h:
+                    row[:] = table[fill[c]]
+                    continue
+                lo = base + c * h * w + sy * w if chw else base + sy * w * 3 + c
+                step = 1 if chw else 3
+                if full:
+                    for x in range(W):
+                        row[x] = table[data[lo + sx[x] * step]]
+                else:
+                    for x in range(W):
+                        s = sx[x]
+                        row[x] = table[data[lo + s * step]] if 0 <= s < w else table[fill[c]]
 
 
 @njit(nogil=True, cache=True)
