@@ -71,6 +71,32 @@ def bench_normalize(n: int, size: int, reps: int) -> list[dict]:
     ]
 
 
+def bench_normalize_cuda(n: int, size: int, reps: int) -> list[dict]:
+    """On CUDA: the torch batch kernel (uint8 NHWC -> float32 NCHW) against a
+    device-to-device copy of the same output size (the bandwidth ceiling)."""
+    device = torch.device("cuda")
+    batch = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device=device)
+    out = torch.empty((n, 3, size, size), dtype=torch.float32, device=device)
+    plan = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]).plan()
+    src_f = torch.ones_like(out)
+
+    def timed(fn):
+        def run_synced():
+            fn()
+            torch.cuda.synchronize(device)
+        return run_synced
+
+    cases = {
+        "fastdata torch kernel on CUDA": (timed(lambda: plan.finish(batch, out=out)), n * size * size * 3 * 5),
+        "device-to-device float32 copy (ceiling)": (timed(lambda: out.copy_(src_f)), n * size * size * 3 * 8),
+    }
+    secs = _interleaved({k: fn for k, (fn, _) in cases.items()}, reps)
+    return [
+        {"case": k, "batches_per_s": 1 / secs[k], "GB_per_s": nbytes / secs[k] / 1e9}
+        for k, (_, nbytes) in cases.items()
+    ]
+
+
 def make_jpegs(count: int, h: int = 350, w: int = 400, quality: int = 90) -> list[bytes]:
     """ImageNet-like JPEGs: random crops of real photographs resized to ``h`` x ``w``."""
     from skimage import data
@@ -181,11 +207,14 @@ def run(quick: bool = False) -> dict[str, list[dict]]:
     """Run every suite; ``quick`` uses tiny sizes (for the smoke test)."""
     n, size, reps = (4, 32, 2) if quick else (256, 224, 7)
     jpegs = make_jpegs(4 if quick else 64)
-    return {
+    results = {
         "normalize": bench_normalize(n, size, reps),
         "decoders": bench_decoders(jpegs, reps),
         "decode_crop": bench_decode_crop(jpegs, 32 if quick else 224, reps),
     }
+    if torch.cuda.is_available():
+        results["normalize_cuda"] = bench_normalize_cuda(n, size, reps)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
