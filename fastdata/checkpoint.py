@@ -58,6 +58,17 @@ def plain(value: object) -> object:
     return value
 
 
+def _loader_state(loader: object) -> dict | None:
+    """The loader's iteration state, or None when it keeps none (``fastdata.DataLoader``
+    raises TypeError for a dataset without state; torch's DataLoader has no state_dict)."""
+    if not hasattr(loader, "state_dict"):
+        return None
+    try:
+        return plain(loader.state_dict())
+    except TypeError:
+        return None
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -83,7 +94,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict(),
-        "loader": plain(loader.state_dict()) if hasattr(loader, "state_dict") else None,
+        "loader": _loader_state(loader),
         "random": _random_states(),
         "history": history,
         "steps": steps,

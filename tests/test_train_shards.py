@@ -56,3 +56,16 @@ def test_train_command_on_shards(tmp_path, capsys):
     history = json.loads((out / "history.json").read_text())["epochs"]
     assert history[0]["samples"] == 12 and "val_accuracy" in history[0]
     assert "samples/s" in capsys.readouterr().out
+
+
+def test_checkpoints_with_a_fastdata_loader_over_a_plain_dataset(tmp_path):
+    """fastdata.DataLoader over a dataset without iteration state still checkpoints."""
+    import fastdata
+    from fastdata.train import fit
+
+    data = [(torch.randn(3, 4, 4), i % 2) for i in range(8)]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    result = fit(model, fastdata.DataLoader(data, batch_size=4), epochs=1, checkpoint_dir=tmp_path,
+                 progress=False, device="cpu")
+    saved = torch.load(result.checkpoint, weights_only=True)
+    assert saved["loader"] is None and len(saved["history"]) == 1
