@@ -13,21 +13,32 @@ Usage::
             ...
         checkpoint = {"data": data.state_dict(), ...}   # at any batch
 
-With ``fastdata.DataLoader`` the batches are made by the batch engine (``fastdata.engine``):
-each worker is a reader thread for its share of the shards (``fastdata.stream``), decoding
-and the geometric transforms run in a thread pool straight into a ring of uint8 batches,
-and conversion and normalisation run once per batch, on ``device`` when given. Given to
-torch's own ``DataLoader``, the dataset yields single samples (slowly, for compatibility).
+With ``fastdata.DataLoader`` (or ``iter_batches``) there are two ways to make batches:
 
-Splitting, shuffling and equal batches per rank are described in ``fastdata.sampling``;
-the state and exact resumption in ``fastdata.stream``. Randomness (shard order, shuffle
-buffer, augmentations) is a pure function of ``(seed, epoch, rank, worker, position)``.
+- the batch path (``fastdata.batches``), used whenever the shards' sample counts are known
+  (an index, or local shards): each shard is read whole and its tar headers scanned once
+  (``fastdata.shardmap``), the rank's epoch is computed in advance as index arithmetic
+  (``fastdata.schedule``: shuffling by windows of whole shards), and worker threads build
+  whole batches; raw ``.npy`` pixels go through one Numba kernel per batch that crops,
+  pads, flips and normalises (``fastdata.crops``), encoded images through the transform
+  plan per sample, fed slices of the shard buffer;
+- the streaming path (``fastdata.stream`` and the batch engine ``fastdata.engine``), for
+  remote or ``pipe:`` shards without an index: reader threads per worker, a shuffle buffer,
+  decoding in a thread pool into a ring of uint8 batches.
+
+Given to torch's own ``DataLoader``, the dataset yields single samples (slowly, for
+compatibility). Splitting and equal batches per rank are described in
+``fastdata.sampling``. Randomness (shard order, shuffle, augmentations) is a pure function
+of ``(seed, epoch, rank, worker, position)`` on both paths, though the two paths draw it
+differently (the same seed gives a different order and different crops on each).
 
 State (``state_dict()``), all small integers: ``epoch``, ``batches`` and ``samples``
-yielded this epoch, ``turn`` (the worker whose batch comes next), ``limit`` (batches this
-epoch, None when unknown), and per worker ``slots[w]`` = ``shard``, ``offset``, ``seen``,
-``draws``, ``buffer`` (flat ``[shard_pos, offset, ...]`` of the buffered samples), ``done``;
-plus ``seed``, ``rank``, ``world_size``, ``num_workers`` and ``batch_size``, checked on load.
+delivered this epoch, ``turn`` and ``limit`` (batches this epoch, None when unknown), plus
+``seed``, ``rank``, ``world_size``, ``num_workers`` and ``batch_size``, checked on load. On
+the batch path that is all a resumed run needs (it recomputes the epoch's schedule and
+skips the delivered batches); on the streaming path ``slots[w]`` adds, per worker,
+``shard``, ``offset``, ``seen``, ``draws``, ``buffer`` (flat ``[shard_pos, offset, ...]`` of
+the buffered samples) and ``done``.
 """
 
 from __future__ import annotations

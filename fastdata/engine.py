@@ -43,11 +43,13 @@ machine (BENCHMARKS.md, "DataLoader", worker modes):
   ~1.0 ms is libjpeg-turbo decoding and ~1.1 ms the Numba ``nogil`` resampling, both
   releasing the GIL; the Python around them is under 10%. Threads scale, write straight
   into the ring and pickle nothing: 730 samples/s against 612 with two processes.
-- 32x32 PNG -> RandomCrop(32, padding=4) + flip: ~0.45 ms per sample, ~80% of it Python
-  holding the GIL (Pillow's PNG plugin, per-sample parameter and table setup), so two
-  threads barely beat one. ``processes=True`` forks ``num_threads`` workers that write
-  into a shared-memory ring; only the ``SampleRef`` lists go to them and only failures
-  come back, never pixels: 2,029 samples/s against 1,489 with two threads.
+- 32x32 PNG -> RandomCrop(32, padding=4) + flip: ~0.25 ms of CPU per sample with
+  ``fastdata.png`` and the crop/flip kernel, much of it still Python holding the GIL
+  (file open, per-sample generator, bookkeeping), so two threads scale poorly.
+  ``processes=True`` forks ``num_threads`` workers that write into a shared-memory ring;
+  only the ``SampleRef`` lists go to them and only failures come back, never pixels:
+  6,878 samples/s against 5,610 with two threads (``bench_loader.py --workloads cifar
+  --variants compile-threads compile-processes --reps 3``).
 The loader picks processes for outputs of at most 64x64 pixels (``worker_mode="auto"``).
 Buffers are reused only when safe: NOTE [ Buffer reuse ] and NOTE [ Output reuse ] in
 ``fastdata.buffers``.

@@ -14,6 +14,12 @@ sample is a ``ShardError``). Shards with pax or GNU long-name members, or ustar 
 prefixes, are scanned by ``tario.iter_members`` instead (the writer uses pax only for long
 or non-ASCII names).
 
+NOTE [ Keys compared by hash ]
+The scanning kernel compares keys by their 64-bit FNV-1a hash: consecutive members with
+the same hash form one sample. Two different keys that happen to share a hash would be
+taken for one sample only if they are adjacent in the shard (a non-adjacent repeat is
+reported as a repeated key); the chance is about one in 2**64 per pair of neighbours.
+
 NOTE [ Bad shards in the batch path ]
 A shard that cannot be opened gives an empty map with ``error`` set. A shard that breaks
 off (truncation, bad checksum) keeps the samples before the break, except the last one,
