@@ -14,6 +14,7 @@ float32 normalised NCHW batch with int64 labels:
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="samples/s of fastdata against torch's DataLoader (and webdataset)")
     p.add_argument("--workloads", default="imagenet,cifar,arrays", help="comma-separated: " + ", ".join(WORKLOADS))
     p.add_argument("--images", type=int, default=0, help="samples per workload (default 2000/20000/20000)")
-    p.add_argument("--batch-size", type=int, default=0, help="default 256 for imagenet, 512 otherwise")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=_int_list, default=[0],
+                   help="one or more, comma-separated (default 256 for imagenet, 512 otherwise)")
+    p.add_argument("--workers", type=_int_list, default=[2], help="one or more worker counts, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "fastdata-bench-data"),
                    help="where generated data is kept between runs")
@@ -174,21 +176,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
 def run(args) -> int:
-    """Runs ``fastdata bench``."""
+    """Runs ``fastdata bench``: every workload × batch size × worker count."""
     from fastdata.bench import conditions, markdown_table, measure, write_outputs
 
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"fastdata bench: unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
     results = []
-    for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
-        if workload not in WORKLOADS:
-            raise SystemExit(f"fastdata bench: unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    for workload in workloads:
         count = args.images or (2000 if workload == "imagenet" else 20000)
-        batch = args.batch_size or (256 if workload == "imagenet" else 512)
         paths = prepare_data(args.data, workload, count)
-        results += measure(candidates(workload, paths, batch, args.workers), repeats=args.repeats,
-                           workload=f"{workload} (batch {batch}, {count} samples)")
+        for batch in args.batch_size:
+            batch = batch or (256 if workload == "imagenet" else 512)
+            for workers in args.workers:
+                label = f"{workload} (batch {batch}, {workers} workers, {count} samples)"
+                results += measure(candidates(workload, paths, batch, workers), repeats=args.repeats, workload=label)
     declared = conditions(page_cache="warm (one warm-up epoch per candidate)", output="float32 NCHW normalised",
-                          device="cpu", workers=args.workers, repeats=args.repeats)
+                          device="cpu", repeats=args.repeats)
     paths = write_outputs(results, args.out, declared)
     print(markdown_table(results))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
