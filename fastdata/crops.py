@@ -9,6 +9,13 @@ shard's bytes, through the pipeline's ``(C, 256)`` normalisation table, into the
 batch (uint8 NHWC for a device, the final float NCHW or NHWC batch on the CPU): one pass,
 no per-sample Python. ``convert_into`` runs the same table over a uint8 NHWC batch.
 
+NOTE [ Whole planes ]
+When nothing moves (no crop offset, no flip: a pipeline that only normalises) and both the
+source and the output are channels-first, each channel of a sample is one contiguous run
+of ``h * w`` pixels in the shard and in the batch; ``_copy_planes`` maps it through the
+table in one flat loop, which LLVM unrolls, about twice as fast as the row-by-row index
+map of ``_gather`` on 3x64x64 samples. The values are the same table entries.
+
 NOTE [ Batch-drawn augmentation parameters ]
 The per-sample ``Generator`` of the general path costs microseconds per sample, more
 than the pixels of a 32x32 image. Here each parameter is a counter-based hash instead:
@@ -139,7 +146,25 @@ def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, 
         out: ``(N, 3, H, W)`` when ``nchw`` else ``(N, H, W, 3)``, C-contiguous.
         nchw: layout of ``out``.
     """
+    n, hw = len(offsets), h * w
+    if chw and nchw and out.flags.c_contiguous and out.shape[2:] == (h, w) and not _moves(p):
+        _copy_planes(data, offsets, hw, lut, out.reshape(n, 3, hw))  # NOTE [ Whole planes ]
+        return
     _gather(data, offsets, chw, h, w, p.oy, p.ox, p.hf, p.vf, np.asarray(fill, np.uint8), lut, out, nchw)
+
+
+def _moves(p: Params) -> bool:
+    return bool(p.oy.any() or p.ox.any() or p.hf.any() or p.vf.any())
+
+
+@njit(nogil=True, cache=True)
+def _copy_planes(data, offsets, hw, lut, out):
+    """``out[i, c, k] = lut[c, data[offsets[i] + c * hw + k]]``: channels-first pixels, no crop or flip."""
+    for i in range(len(offsets)):
+        for c in range(3):
+            table, dst, base = lut[c], out[i, c], offsets[i] + c * hw
+            for k in range(hw):
+                dst[k] = table[data[base + k]]
 
 
 @njit(nogil=True, cache=True)
