@@ -286,7 +286,7 @@ def register(subparsers) -> None:
     p.add_argument("--maxsize", "--shard-size", type=_parse_size, default=1e9,
                    help="most bytes per shard, e.g. 500M or 1G (default 1G)")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes (default: all cores; 0 or 1 = no pool)")
+                   help="worker processes for decoding (default: all cores; 0 = none)")
     p.add_argument("--shuffle", action="store_true", help="shuffle the sample order (seeded) before writing")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
     p.add_argument("--drop-corrupt", action="store_true",
