@@ -14,7 +14,9 @@ When nothing moves (no crop offset, no flip: a pipeline that only normalises) an
 source and the output are channels-first, each channel of a sample is one contiguous run
 of ``h * w`` pixels in the shard and in the batch; ``_copy_planes`` maps it through the
 table in one flat loop, which LLVM unrolls, about twice as fast as the row-by-row index
-map of ``_gather`` on 3x64x64 samples. The values are the same table entries.
+map of ``_gather`` on 3x64x64 samples. Channels-last sources into an NCHW batch
+(``_gather_hwc``) read each source row once and write its three channels' rows together
+(about 1.5x on 32x32 crops). The values are the same table entries.
 
 NOTE [ Batch-drawn augmentation parameters ]
 The per-sample ``Generator`` of the general path costs microseconds per sample, more
@@ -150,7 +152,11 @@ def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, 
     if chw and nchw and out.flags.c_contiguous and out.shape[2:] == (h, w) and not _moves(p):
         _copy_planes(data, offsets, hw, lut, out.reshape(n, 3, hw))  # NOTE [ Whole planes ]
         return
-    _gather(data, offsets, chw, h, w, p.oy, p.ox, p.hf, p.vf, np.asarray(fill, np.uint8), lut, out, nchw)
+    fill = np.asarray(fill, np.uint8)
+    if not chw and nchw:  # NOTE [ Whole planes ]: channels-last pixels into planes
+        _gather_hwc(data, offsets, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out)
+        return
+    _gather(data, offsets, chw, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out, nchw)
 
 
 def _moves(p: Params) -> bool:
@@ -158,13 +164,39 @@ def _moves(p: Params) -> bool:
 
 
 @njit(nogil=True, cache=True)
+def _gather_hwc(data, offsets, h, w, oy, ox, hf, vf, fill, lut, out):
+    """``_gather`` for ``(h, w, 3)`` sources and an NCHW ``out``: one pass per source row."""
+    H, W = out.shape[2], out.shape[3]
+    t0, t1, t2 = lut[0], lut[1], lut[2]
+    sx = np.empty(W, np.int64)
+    for i in range(len(offsets)):
+        for x in range(W):
+            sx[x] = ox[i] + (W - 1 - x if hf[i] else x)
+        full = sx.min() >= 0 and sx.max() < w
+        for y in range(H):
+            sy = oy[i] + (H - 1 - y if vf[i] else y)
+            r0, r1, r2 = out[i, 0, y], out[i, 1, y], out[i, 2, y]
+            if sy < 0 or sy >= h:
+                r0[:], r1[:], r2[:] = t0[fill[0]], t1[fill[1]], t2[fill[2]]
+                continue
+            src = data[offsets[i] + sy * w * 3 : offsets[i] + (sy + 1) * w * 3]
+            for x in range(W):
+                s = sx[x]
+                if full or 0 <= s < w:
+                    r0[x], r1[x], r2[x] = t0[src[3 * s]], t1[src[3 * s + 1]], t2[src[3 * s + 2]]
+                else:
+                    r0[x], r1[x], r2[x] = t0[fill[0]], t1[fill[1]], t2[fill[2]]
+
+
+@njit(nogil=True, cache=True)
 def _copy_planes(data, offsets, hw, lut, out):
     """``out[i, c, k] = lut[c, data[offsets[i] + c * hw + k]]``: channels-first pixels, no crop or flip."""
     for i in range(len(offsets)):
         for c in range(3):
-            table, dst, base = lut[c], out[i, c], offsets[i] + c * hw
-            for k in range(hw):
-                dst[k] = table[data[base + k]]
+            base = offsets[i] + c * hw
+            table, src, dst = lut[c], data[base : base + hw], out[i, c]
+            for k in range(hw):  # slices indexed by a range: no negative-index checks
+                dst[k] = table[src[k]]
 
 
 @njit(nogil=True, cache=True)

@@ -63,6 +63,23 @@ def test_raw_kernel_matches_numpy_reference(tmp_path, chw, channels_last, worker
         assert 0 < flips < pos and pos == 37
 
 
+@pytest.mark.parametrize("chw,channels_last", [(True, False), (False, False), (True, True)])
+def test_raw_kernel_normalise_only_matches_numpy_reference(tmp_path, chw, channels_last):
+    # no crop and no flip: channels-first sources take the whole-plane kernel
+    urls, pixels = write_raw(tmp_path, 21, 8, chw, seed=3 + int(chw))
+    pipe = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    ds = ShardDataset(urls, transform=pipe, fields=("__key__",), shuffle=True, buffer_size=10, seed=2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    seen = 0
+    for images, keys in ds.iter_batches(5, num_workers=2, memory_format=fmt):
+        assert images.is_contiguous(memory_format=fmt)
+        for r, k in enumerate(keys):
+            expect = reference(pixels[k], 0, 0, False, False, (10, 12))
+            np.testing.assert_allclose(images[r].double().numpy(), expect, atol=2e-6, rtol=0)
+        seen += len(keys)
+    assert seen == 21
+
+
 def test_raw_kernel_with_odd_sample_shapes_falls_back_per_sample(tmp_path):
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, (10 + i % 2, 12, 3), dtype=np.uint8) for i in range(12)]
