@@ -4,8 +4,8 @@
 ``fastdata.schedule.Schedule``. A pool of ``num_workers`` threads makes whole batches,
 at most ``ahead`` in flight; each batch job:
 
-1. takes the shards its samples live in from a shared cache (``fastdata.shardmap``: read
-   and scanned once, dropped after the last batch that reads them);
+1. takes the shards its samples live in from a shared cache (``fastdata.shardmap``: mapped
+   or read, and scanned once, dropped after the last batch that reads them);
 2. writes the images: raw ``.npy`` pixels of the shard's common shape go through one
    Numba kernel per batch (``fastdata.crops``) when the pipeline is an index map, other
    images (JPEG, PNG, odd shapes) through ``plan.sample_into`` per sample, from

@@ -16,9 +16,10 @@ Usage::
 With ``fastdata.DataLoader`` (or ``iter_batches``) there are two ways to make batches:
 
 - the batch path (``fastdata.batches``), used whenever the shards' sample counts are known
-  (an index, or local shards): each shard is read whole and its tar headers scanned once
-  (``fastdata.shardmap``), the rank's epoch is computed in advance as index arithmetic
-  (``fastdata.schedule``: shuffling by windows of whole shards), and worker threads build
+  (an index, or local shards): each shard is mapped (local) or read whole and its tar
+  headers scanned once (``fastdata.shardmap``), the rank's epoch is computed in advance as
+  index arithmetic (``fastdata.schedule``: shuffling by windows of whole shards), and worker
+  threads build
   whole batches; raw ``.npy`` pixels go through one Numba kernel per batch that crops,
   pads, flips and normalises (``fastdata.crops``), encoded images through the transform
   plan per sample, fed slices of the shard buffer;
