@@ -19,10 +19,9 @@ With ``fastdata.DataLoader`` (or ``iter_batches``) there are two ways to make ba
   (an index, or local shards): each shard is mapped (local) or read whole and its tar
   headers scanned once (``fastdata.shardmap``), the rank's epoch is computed in advance as
   index arithmetic (``fastdata.schedule``: shuffling by windows of whole shards), and worker
-  threads build
-  whole batches; raw ``.npy`` pixels go through one Numba kernel per batch that crops,
-  pads, flips and normalises (``fastdata.crops``), encoded images through the transform
-  plan per sample, fed slices of the shard buffer;
+  threads build whole batches; raw ``.npy`` pixels go through one Numba kernel per batch
+  that crops, pads, flips and normalises (``fastdata.crops``), encoded images through the
+  transform plan per sample, fed slices of the shard buffer;
 - the streaming path (``fastdata.stream`` and the batch engine ``fastdata.engine``), for
   remote or ``pipe:`` shards without an index: reader threads per worker, a shuffle buffer,
   decoding in a thread pool into a ring of uint8 batches.
