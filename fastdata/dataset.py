@@ -63,8 +63,8 @@ from fastdata.sampling import Draws, assign, rank_batches, shard_order
 from fastdata.schedule import epoch_schedule
 from fastdata.shardmap import load_shard
 from fastdata.shards import expand_urls, open_url
-from fastdata.streamplan import StreamPlan, compile_plan
 from fastdata.stream import Failed, Producer, SlotStream, StreamSpec, fresh_slot, merge
+from fastdata.streamplan import StreamPlan, compile_plan
 from fastdata.tario import iter_samples
 
 __all__ = ["ShardDataset", "IMAGE_FIELDS"]

@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shard_fixtures import write_image_shards
 
 from fastdata import transforms as T
 from fastdata.crops import crop_spec, draw_params, param_key
