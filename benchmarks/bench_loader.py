@@ -32,11 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("torch", "fastdata", "compile")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH = {"imagenet": 256, "cifar": 512}
-START, END = "<!-- bench_loader:start -->", "<!-- bench_loader:end -->"
 
 
 def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
@@ -198,14 +200,8 @@ def table(results: dict, reps: int, workers: int) -> str:
 
 
 def write_section(text: str, path: Path) -> None:
-    """Replaces the section between the markers in BENCHMARKS.md (appends it the first time)."""
-    doc = path.read_text()
-    block = f"{START}\n{text}{END}"
-    if START in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## DataLoader\n\n" + block + "\n"
-    path.write_text(doc)
+    """Writes ``text`` into this script's marked section of ``path`` (BENCHMARKS.md)."""
+    report.write_section(path, "bench_loader", text, "## DataLoader")
 
 
 def main(argv: list[str] | None = None) -> int:

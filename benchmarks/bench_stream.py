@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 from bench_loader import _memory, _tree, make_data  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -48,7 +49,6 @@ BATCH = {"imagenet": 256, "cifar": 512, "npy": 512}
 VARIANTS = ("torch", "fastdata")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_S, PSS_EVERY = 0.02, 12  # NOTE [ Sampling memory cheaply ]
-START, END = "<!-- bench_stream:start -->", "<!-- bench_stream:end -->"
 
 
 def make_all(root: Path, jpegs: int, pngs: int, arrays: int) -> dict[str, dict[str, Path]]:
@@ -199,14 +199,8 @@ def table(results: dict, reps: int, workers: int) -> str:
 
 
 def write_section(text: str, path: Path) -> None:
-    body = path.read_text()
-    block = f"{START}\n{text}\n{END}"
-    if START in body:
-        head, rest = body.split(START, 1)
-        body = head + block + rest.split(END, 1)[1]
-    else:
-        body = body.rstrip() + "\n\n## Streaming shards\n\n" + block + "\n"
-    path.write_text(body)
+    """Writes ``text`` into this script's marked section of ``path`` (BENCHMARKS.md)."""
+    report.write_section(path, "bench_stream", text, "## Streaming shards")
 
 
 def main(argv: list[str] | None = None) -> int:

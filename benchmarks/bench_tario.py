@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- bench_tario:start -->", "<!-- bench_tario:end -->"
 
 
 def make_shards(folder: Path, n: int, per_shard: int) -> list[str]:
@@ -89,14 +91,8 @@ def table(rates: dict[str, list[float]], n: int, shards: int) -> str:
 
 
 def write_section(text: str, path: Path) -> None:
-    body = path.read_text()
-    block = f"{START}\n{text}\n{END}"
-    if START in body:
-        head, rest = body.split(START, 1)
-        body = head + block + rest.split(END, 1)[1]
-    else:
-        body = body.rstrip() + "\n\n## Tar reading\n\nCommand:\n\n    flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_tario.py --write\n\n" + block + "\n"
-    path.write_text(body)
+    """Writes ``text`` into this script's marked section of ``path`` (BENCHMARKS.md)."""
+    report.write_section(path, "bench_tario", text, "## Tar reading\n\nCommand:\n\n    flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_tario.py --write")
 
 
 def main(argv: list[str] | None = None) -> int:
