@@ -10,8 +10,9 @@ Two workloads, generated once into a folder outside the repository (``--data``):
 
 Every repetition runs one loader in a fresh child process (the three loaders alternate),
 which warms up on one batch (worker start, Numba cache load) and then times one full epoch
-from ``iter()`` to the last batch. The parent samples the child's process tree every 20 ms
-for the peak of its summed RSS and PSS (PSS shares pages between forked workers fairly).
+from ``iter()`` to the last batch. The parent samples the child's process tree for the peak
+of its summed RSS (every 20 ms) and PSS (every 240 ms; PSS shares pages between forked
+workers fairly), as NOTE [ Sampling memory cheaply ] in ``proctree.py`` says.
 Reports medians and writes the table into BENCHMARKS.md (``--write``).
 
 Usage: ``flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_loader.py --write``
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proctree  # noqa: E402
 import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,35 +119,6 @@ def child(variant: str, workload: str, folder: Path, workers: int) -> None:
     print(json.dumps({"samples": samples, "seconds": seconds, "cpu_seconds": cpu}))
 
 
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
-        except OSError:
-            continue
-    return pids
-
-
-def _memory(pids: list[int]) -> tuple[int, int]:
-    """Summed (RSS, PSS) in bytes of ``pids``."""
-    rss = pss = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as fh:
-                for line in fh:
-                    if line.startswith(("Rss:", "Pss:")):
-                        kb = int(line.split()[1]) * 1024
-                        rss, pss = (rss + kb, pss) if line[0] == "R" else (rss, pss + kb)
-        except OSError:
-            continue
-    return rss, pss
-
-
 def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
     """Runs one child; returns its samples/s and the peak memory of its process tree."""
     cmd = [
@@ -162,11 +134,7 @@ def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss, pss = _memory(_tree(proc.pid))
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.02)
+    peak_rss, peak_pss = proctree.watch(proc)  # NOTE [ Sampling memory cheaply ]
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}/{workload} failed:\n{err}")

@@ -15,13 +15,7 @@ full epoch; the parent samples the child's process tree for the peak summed RSS 
 and PSS (every 240 ms). Reports medians, fastdata's wait share, and writes BENCHMARKS.md
 (``--write``).
 
-NOTE [ Sampling memory cheaply ]
-Reading ``/proc/PID/smaps_rollup`` walks the process's page tables: about 10 ms of CPU
-for a few hundred MiB resident, under the child's memory-map lock. Sampled every 20 ms it
-took about a third of one of the machine's two cores from the run it measured. RSS comes
-from ``/proc/PID/statm`` instead (tens of microseconds) every 20 ms, and PSS, which is
-never above RSS, every 12th sample (240 ms): its peak may be missed by up to that much of
-a run, the RSS peak not.
+Memory is sampled as NOTE [ Sampling memory cheaply ] in ``proctree.py`` says.
 
 Usage: ``flock /tmp/fastdata-bench.lock .venv/bin/python benchmarks/bench_stream.py --write``
 """
@@ -30,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -41,14 +34,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proctree  # noqa: E402
 import report  # noqa: E402
-from bench_loader import _memory, _tree, make_data  # noqa: E402
+from bench_loader import make_data  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH = {"imagenet": 256, "cifar": 512, "npy": 512}
 VARIANTS = ("torch", "fastdata")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-SAMPLE_S, PSS_EVERY = 0.02, 12  # NOTE [ Sampling memory cheaply ]
 
 
 def make_all(root: Path, jpegs: int, pngs: int, arrays: int) -> dict[str, dict[str, Path]]:
@@ -151,32 +143,12 @@ def child(variant: str, workload: str, paths: dict[str, Path], workers: int) -> 
 def measure(variant: str, workload: str, paths: dict[str, Path], workers: int) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, workload, json.dumps({k: str(v) for k, v in paths.items()}), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    peak_rss = peak_pss = 0
-    ticks = 0
-    while proc.poll() is None:  # NOTE [ Sampling memory cheaply ]
-        pids = _tree(proc.pid)
-        peak_rss = max(peak_rss, _rss(pids))
-        if ticks % PSS_EVERY == 0:
-            peak_pss = max(peak_pss, _memory(pids)[1])
-        ticks += 1
-        time.sleep(SAMPLE_S)
+    peak_rss, peak_pss = proctree.watch(proc)  # NOTE [ Sampling memory cheaply ] in proctree.py
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}/{workload} failed:\n{err}")
     result = json.loads(out.strip().splitlines()[-1])
     return {"rate": result["samples"] / result["seconds"], "rss": peak_rss, "pss": peak_pss, "wait": result["wait_share"]}
-
-
-def _rss(pids: list[int]) -> int:
-    """Summed resident bytes of ``pids`` from ``/proc/PID/statm`` (cheap: no page walk)."""
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1]) * PAGE
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
 
 
 def table(results: dict, reps: int, workers: int) -> str:
