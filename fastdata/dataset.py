@@ -57,7 +57,7 @@ import torch.utils.data
 from fastdata.batches import BatchStream
 from fastdata.engine import ON_ERROR, BatchEngine, EngineStats, SampleRng
 from fastdata.errors import DecodeError, FastdataError
-from fastdata.fields import collate_field, decode_field, decode_npy, field_kinds
+from fastdata.fields import IMAGE_FIELDS, collate_field, decode_field, decode_npy, field_kinds
 from fastdata.index import find_index, read_index
 from fastdata.sampling import Draws, assign, rank_batches, shard_order
 from fastdata.schedule import epoch_schedule
@@ -69,7 +69,6 @@ from fastdata.tario import iter_samples
 
 __all__ = ["ShardDataset", "IMAGE_FIELDS"]
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "npy")
 _STATE_VERSION = 1
 
 

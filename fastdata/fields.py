@@ -33,7 +33,10 @@ import torch
 
 from fastdata.errors import DecodeError
 
-__all__ = ["KINDS", "Padded", "collate_field", "decode_field", "decode_npy", "field_kinds"]
+__all__ = ["IMAGE_FIELDS", "KINDS", "Padded", "collate_field", "decode_field", "decode_npy", "field_kinds"]
+
+# Extensions that hold an image: encoded files, or uint8 pixels stored as .npy.
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "npy")
 
 KINDS = ("int", "array", "tokens", "json", "text", "bytes")
 _BY_SUFFIX = {"cls": "int", "npy": "array", "json": "json", "txt": "text", "text": "text"}

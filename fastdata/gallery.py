@@ -17,23 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from fastdata import index as index_lib
 from fastdata.decode import decode_image
 from fastdata.errors import FastdataError
-from fastdata.index import find_index, read_index, shard_urls
-from fastdata.shards import expand_urls
+from fastdata.fields import IMAGE_FIELDS
 from fastdata.tario import iter_samples
-
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "npy")
 
 
 def resolve_shards(shards: str | list[str]) -> tuple[list[str], dict | None]:
     """Shard URLs and the index (or None) from an index path or shard patterns."""
-    if isinstance(shards, str) and shards.endswith(".json"):
-        index = read_index(shards)
-        return shard_urls(shards, index), index
-    urls = expand_urls(shards)
-    index_path = find_index(urls)
-    return urls, (read_index(index_path) if index_path else None)
+    urls, _, index = index_lib.resolve_shards(shards)
+    return urls, index
 
 
 def iter_images(urls: list[str], every: int = 1) -> Iterator[tuple[str, np.ndarray, int | None]]:

@@ -54,6 +54,19 @@ def find_index(urls: Iterable[str]) -> str | None:
     return None
 
 
+def resolve_shards(shards: str | Iterable[str]) -> tuple[list[str], str | None, dict[str, Any] | None]:
+    """``(urls, index path, index)`` from an index ``.json`` path or shard paths/patterns;
+    for shards, the index beside them is used when it exists (else both are None)."""
+    from fastdata.shards import expand_urls
+
+    if isinstance(shards, (str, os.PathLike)) and str(shards).endswith(".json"):
+        index = read_index(str(shards))
+        return shard_urls(str(shards), index), str(shards), index
+    urls = expand_urls(shards)
+    path = find_index(urls)
+    return urls, path, (read_index(path) if path else None)
+
+
 def write_index(path: str, index: dict[str, Any]) -> None:
     """Writes an index atomically (temporary file, then rename)."""
     body = {"format": FORMAT, "version": VERSION, **index}

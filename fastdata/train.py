@@ -354,18 +354,12 @@ def make_shard_loaders(
     """
     from fastdata import transforms as T
     from fastdata.dataset import ShardDataset
-    from fastdata.index import find_index, read_index, shard_urls
+    from fastdata.index import resolve_shards
     from fastdata.loader import DataLoader
-    from fastdata.shards import expand_urls
 
     def resolve(data) -> tuple[list[str], dict | None]:
-        text = str(data)
-        if text.endswith(".json"):
-            index = read_index(text)
-            return shard_urls(text, index), index
-        urls = expand_urls(text)
-        found = find_index(urls)
-        return urls, (read_index(found) if found else None)
+        urls, _, index = resolve_shards(str(data))
+        return urls, index
 
     if val is None and str(train).endswith(".json"):
         sibling = Path(train).with_name("val.index.json")

@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 
 from fastdata.errors import FastdataError, ShardError
-from fastdata.index import find_index, read_index, shard_urls
-from fastdata.shards import expand_urls, open_url
+from fastdata.index import resolve_shards
+from fastdata.shards import open_url
 from fastdata.tario import iter_members, split_name
 
 
@@ -108,8 +108,7 @@ def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
         shards: an index JSON path, or shard paths/patterns (the index beside them is
             used when it exists).
     """
-    index_path, urls = _resolve(shards)
-    index = read_index(index_path) if index_path else None
+    urls, index_path, index = resolve_shards(shards)
     expected = {s["name"]: s for s in index["shards"]} if index else {}
     problems: list[Problem] = []
     total = 0
@@ -125,13 +124,6 @@ def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
     if index is not None and index.get("num_samples") not in (None, total) and len(scans) == len(urls):
         problems.append(Problem(index_path, f"index says {index['num_samples']} samples, shards hold {total}"))
     return problems, total
-
-
-def _resolve(shards: str | list[str]) -> tuple[str | None, list[str]]:
-    if isinstance(shards, str) and shards.endswith(".json"):
-        return shards, shard_urls(shards, read_index(shards))
-    urls = expand_urls(shards)
-    return find_index(urls), urls
 
 
 def _compare(scan: ShardScan, entry: dict | None, indexed: bool) -> list[Problem]:
