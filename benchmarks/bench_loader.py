@@ -68,8 +68,8 @@ def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
     return folders
 
 
-def build_loader(variant: str, workload: str, folder: Path, workers: int):
-    """The loader one child process times."""
+def build_loader(variant: str, workload: str, folder: Path, workers: int, device: str | None = None):
+    """The loader one child process times (batches for ``device`` when one is given)."""
     import torch
     from torchvision import datasets
     from torchvision import transforms as T
@@ -85,6 +85,8 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int):
     )
     cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loader.DataLoader
     extra = {"compile": True} if variant.startswith("compile") else {}
+    if device is not None:  # torch's way: pinned float batches, copied by the consumer
+        extra.update({"device": device} if extra else {"pin_memory": True})
     if variant.startswith("compile-"):  # compile-threads, compile-processes
         extra["worker_mode"] = variant.split("-", 1)[1]
     return cls(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **extra)
@@ -99,27 +101,33 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def child(variant: str, workload: str, folder: Path, workers: int) -> None:
+def child(variant: str, workload: str, folder: Path, workers: int, device: str | None = None) -> None:
     """Times one epoch and prints ``{"samples", "seconds", "cpu_seconds"}`` as JSON.
 
     Workers of an epoch exit (and so count in ``RUSAGE_CHILDREN``) when its iterator is
     released, which ``gc.collect()`` makes sure of before each reading.
     """
-    loader = build_loader(variant, workload, folder, workers)
+    import torch
+
+    loader = build_loader(variant, workload, folder, workers, device)
     for images, _ in loader:  # warm-up: worker start-up, Numba cache, page cache
         assert images.dtype.is_floating_point and images.dim() == 4
         break
     gc.collect()
     cpu, start, samples = _cpu_seconds(), time.perf_counter(), 0
-    for _, labels in loader:
+    for images, labels in loader:
+        if device is not None:
+            images = images.to(device, non_blocking=True)  # a no-op where already there
         samples += len(labels)
+    if device is not None:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     gc.collect()
     cpu = _cpu_seconds() - cpu
     print(json.dumps({"samples": samples, "seconds": seconds, "cpu_seconds": cpu}))
 
 
-def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
+def measure(variant: str, workload: str, folder: Path, workers: int, device: str | None = None) -> dict:
     """Runs one child; returns its samples/s and the peak memory of its process tree."""
     cmd = [
         sys.executable,
@@ -130,6 +138,7 @@ def measure(variant: str, workload: str, folder: Path, workers: int) -> dict:
         str(folder),
         "--workers",
         str(workers),
+        *(["--device", device] if device else []),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(VARIANTS),
         help="also compile-threads, compile-processes",
     )
+    parser.add_argument("--device", help="deliver batches there (e.g. cuda); torch pins and copies")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument(
         "--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "FOLDER"), help=argparse.SUPPRESS
@@ -193,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.child:
-        child(args.child[0], args.child[1], Path(args.child[2]), args.workers)
+        child(args.child[0], args.child[1], Path(args.child[2]), args.workers, args.device)
         return 0
     folders = make_data(args.data, args.jpegs, args.pngs)
     results: dict = {w: {v: [] for v in args.variants} for w in args.workloads}
     for rep in range(args.reps):
         for workload in args.workloads:
             for variant in args.variants:
-                r = measure(variant, workload, folders[workload], args.workers)
+                r = measure(variant, workload, folders[workload], args.workers, args.device)
                 results[workload][variant].append(r)
                 print(
                     f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s cpu {r['cpu_ms']:.2f} ms rss {r['rss'] / 2**20:6,.0f} MiB pss {r['pss'] / 2**20:6,.0f} MiB",

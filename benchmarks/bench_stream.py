@@ -90,7 +90,7 @@ class _ArrayFiles:
         return self.transform(torch.from_numpy(np.load(self.paths[i]))), i % 10
 
 
-def build(variant: str, workload: str, paths: dict[str, Path], workers: int):
+def build(variant: str, workload: str, paths: dict[str, Path], workers: int, device: str | None = None):
     """The iterable of batches one child times, and its stats object (or None)."""
     import torch
 
@@ -104,7 +104,8 @@ def build(variant: str, workload: str, paths: dict[str, Path], workers: int):
         else:
             geo = [T.RandomResizedCrop(224)] if workload == "imagenet" else [T.RandomCrop(32, padding=4)]
             dataset = datasets.ImageFolder(str(paths["files"]), transform=T.Compose([T.PILToTensor(), *geo, T.RandomHorizontalFlip(), *norm]))
-        return torch.utils.data.DataLoader(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers), None
+        pin = device is not None  # torch's way to a GPU: pinned float batches, copied by the consumer
+        return torch.utils.data.DataLoader(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, pin_memory=pin), None
     from fastdata import transforms as F
     from fastdata.dataset import ShardDataset
 
@@ -113,20 +114,22 @@ def build(variant: str, workload: str, paths: dict[str, Path], workers: int):
            "cifar": [F.RandomCrop(32, padding=4), F.RandomHorizontalFlip()], "npy": []}[workload]  # fmt: skip
     urls = sorted(str(p) for p in paths["shards"].glob("*.tar"))
     ds = ShardDataset(urls, transform=F.Compose([*geo, *norm]), shuffle=True, seed=0)
-    return _Epochs(ds, BATCH[workload], workers), ds.stats
+    return _Epochs(ds, BATCH[workload], workers, device), ds.stats
 
 
 class _Epochs:
-    def __init__(self, ds, batch: int, workers: int) -> None:
-        self.ds, self.batch, self.workers = ds, batch, workers
+    def __init__(self, ds, batch: int, workers: int, device: str | None) -> None:
+        self.ds, self.batch, self.workers, self.device = ds, batch, workers, device
 
     def __iter__(self):
-        return iter(self.ds.iter_batches(self.batch, num_workers=self.workers))
+        return iter(self.ds.iter_batches(self.batch, num_workers=self.workers, device=self.device))
 
 
-def child(variant: str, workload: str, paths: dict[str, Path], workers: int) -> None:
+def child(variant: str, workload: str, paths: dict[str, Path], workers: int, device: str | None = None) -> None:
     """Times one epoch after a one-batch warm-up; prints JSON."""
-    loader, stats = build(variant, workload, paths, workers)
+    import torch
+
+    loader, stats = build(variant, workload, paths, workers, device)
     for images, _ in loader:
         if images.dtype != __import__("torch").float32 or images.dim() != 4:
             raise RuntimeError(f"unexpected batch {images.dtype} {tuple(images.shape)}")
@@ -134,14 +137,19 @@ def child(variant: str, workload: str, paths: dict[str, Path], workers: int) -> 
     if stats is not None:
         stats.wait_s = stats.elapsed_s = 0.0
     start, samples = time.perf_counter(), 0
-    for _, labels in loader:
+    for images, labels in loader:
+        if device is not None:
+            images = images.to(device, non_blocking=True)  # a no-op where already there
         samples += len(labels)
+    if device is not None:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(json.dumps({"samples": samples, "seconds": seconds, "wait_share": stats.wait_share if stats else None}))
 
 
-def measure(variant: str, workload: str, paths: dict[str, Path], workers: int) -> dict:
+def measure(variant: str, workload: str, paths: dict[str, Path], workers: int, device: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, workload, json.dumps({k: str(v) for k, v in paths.items()}), "--workers", str(workers)]
+    cmd += ["--device", device] if device else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     peak_rss, peak_pss = proctree.watch(proc)  # NOTE [ Sampling memory cheaply ] in proctree.py
     out, err = proc.communicate(timeout=60)
@@ -184,19 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", default=["imagenet", "cifar", "npy"])
+    parser.add_argument("--device", help="deliver batches there (e.g. cuda); torch pins and copies")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKLOAD", "PATHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.child:
-        child(args.child[0], args.child[1], {k: Path(v) for k, v in json.loads(args.child[2]).items()}, args.workers)
+        child(args.child[0], args.child[1], {k: Path(v) for k, v in json.loads(args.child[2]).items()}, args.workers, args.device)
         return 0
     data = make_all(args.data, args.jpegs, args.pngs, args.arrays)
     results = {w: {v: [] for v in VARIANTS} for w in args.workloads}
     for rep in range(args.reps):
         for workload in args.workloads:
             for variant in VARIANTS:
-                r = measure(variant, workload, data[workload], args.workers)
+                r = measure(variant, workload, data[workload], args.workers, args.device)
                 results[workload][variant].append(r)
                 print(f"rep {rep} {workload:8s} {variant:8s} {r['rate']:9,.0f}/s rss {r['rss'] / 2**20:6,.0f} MiB", flush=True)
     text = table(results, args.reps, args.workers)

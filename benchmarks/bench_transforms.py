@@ -86,8 +86,11 @@ def bench_normalize_cuda(n: int, size: int, reps: int) -> list[dict]:
             torch.cuda.synchronize(device)
         return run_synced
 
+    tv = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    nchw = batch.permute(0, 3, 1, 2)
     cases = {
         "fastdata torch kernel on CUDA": (timed(lambda: plan.finish(batch, out=out)), n * size * size * 3 * 5),
+        "torchvision v2 ToDtype+Normalize on CUDA": (timed(lambda: tv(nchw)), n * size * size * 3 * 5),
         "device-to-device float32 copy (ceiling)": (timed(lambda: out.copy_(src_f)), n * size * size * 3 * 8),
     }
     secs = _interleaved({k: fn for k, (fn, _) in cases.items()}, reps)

@@ -47,7 +47,7 @@ STOP_AT = 3  # the state is taken after this many batches (mid-epoch)
 def run_ranks(tmp_path, urls: str, tag: str, resume_from: str = "-", stop_at: int = -1) -> list[dict]:
     init = f"file://{tmp_path}/init-{tag}"
     outs = [str(tmp_path / f"{tag}-{r}.json") for r in range(2)]
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     procs = [
         subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), urls, init, outs[r], resume_from, str(stop_at)], env=env)
         for r in range(2)

@@ -29,7 +29,7 @@ def _batches(n: int = 2, classes: int = 3) -> list:
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}  # fit may move it to a GPU
 
 
 def test_build_model_by_name_without_downloads():
