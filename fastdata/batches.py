@@ -35,7 +35,14 @@ import torch
 from numba import njit
 
 from fastdata.buffers import BatchRing, OutputPool
-from fastdata.crops import convert_into, crop_spec, draw_params, gather_into, param_key
+from fastdata.crops import (
+    affine_table,
+    convert_into,
+    crop_spec,
+    draw_params,
+    gather_into,
+    param_key,
+)
 from fastdata.engine import EngineStats, SampleRng
 from fastdata.errors import DecodeError, FastdataError, ShardError
 from fastdata.fields import collate_field, decode_field
@@ -85,7 +92,8 @@ class BatchStream:
                  device: Any, memory_format: torch.memory_format, timeout: float, ahead: int,
                  stats: EngineStats) -> None:  # fmt: skip
         self.ds, self.s, self.first = ds, schedule, first
-        self.workers, self.timeout, self.ahead, self.stats = num_workers, timeout, max(1, ahead), stats
+        self.workers, self.timeout, self.ahead = num_workers, timeout, max(1, ahead)
+        self.stats = stats
         self.device = torch.device(device) if device is not None else None
         self.memory_format = memory_format
         self.plan = ds.plan
@@ -93,23 +101,37 @@ class BatchStream:
         self.last_use = schedule.last_use(len(ds.urls))
         self.rngs = SampleRng(ds.seed, epoch, rank, 0)
         self.key = param_key(ds.seed, epoch, rank)
-        self.direct = self.plan is not None and self.device is None and self.plan.dtype != torch.uint8
+        self.direct = (
+            self.plan is not None and self.device is None and self.plan.dtype != torch.uint8
+        )
         self.nchw = memory_format != torch.channels_last
         self._layouts: dict[tuple[int, str], Any] = {}
         self._ring: BatchRing | None = None
         self._outputs = _output_pool(ds, self.ahead + 2, memory_format)
+        self._cap = ds_batch(schedule)
         if self.plan is not None:
             shape = tuple(int(v) for v in ds._image_shape())
             self.shape = shape
-            pin = self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+            pin = (
+                self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+            )
             if not self.direct:
-                self._ring = BatchRing(self.ahead + 1, ds_batch(schedule), shape, pin, False)
+                self._ring = BatchRing(self.ahead + 1, self._cap, shape, pin, False)
             self.lut = self.plan.lut(torch.device("cpu")).numpy() if self.direct else _IDENTITY
+            self.affine = (
+                affine_table(self.lut, self.plan.mean, self.plan.std, self.plan.scale)
+                if self.direct
+                else None
+            )
 
     # -- the consumer's side ----------------------------------------------------------------
 
     def __iter__(self):
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastdata-batch") if self.workers else None
+        pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="fastdata-batch")
+            if self.workers
+            else None
+        )
         inflight: deque[tuple[int, Future, Any, Any]] = deque()
         nxt = self.first
         try:
@@ -126,7 +148,8 @@ class BatchStream:
                 for shard in np.flatnonzero(self.last_use == b):
                     self.cache.drop(int(shard))
                 n = int(self.s.starts[b + 1] - self.s.starts[b])
-                self.stats.batches, self.stats.samples = self.stats.batches + 1, self.stats.samples + n
+                self.stats.batches += 1
+                self.stats.samples += n
                 yield b, images, extras
         finally:
             for _, fut, _, _ in inflight:
@@ -137,11 +160,18 @@ class BatchStream:
     def _submit(self, pool, b: int) -> tuple[int, Future, Any, Any]:
         n = int(self.s.starts[b + 1] - self.s.starts[b])
         out = slot = None
-        if self.direct:
-            out = self._outputs.get(n)
-            if out is None:
-                out = torch.empty((n, 3, *self.shape[:2]), dtype=self.plan.dtype, memory_format=self.memory_format)
-            self._outputs.keep(out)
+        if self.direct:  # NOTE [ Output reuse ]: pooled batches of the largest size, sliced
+            cap = self._cap
+            full = self._outputs.get(cap)
+            if full is None:
+                full = torch.empty(
+                    (cap, 3, *self.shape[:2]),
+                    dtype=self.plan.dtype,
+                    memory_format=self.memory_format,
+                )
+                self._outputs.keep(full)
+            out = full if n == cap else full[:n]
+            del full
         elif self._ring is not None:
             slot = self._ring.take(n)
             out = self._ring.tensors[slot]
@@ -159,7 +189,9 @@ class BatchStream:
             if done:
                 return fut.result(timeout=0)
             if self.timeout > 0 and time.perf_counter() - start > self.timeout:
-                raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds waiting for a batch")
+                raise RuntimeError(
+                    f"DataLoader timed out after {self.timeout} seconds waiting for a batch"
+                )
 
     def _finish(self, slot: int, n: int | None, b: int):
         n = int(self.s.starts[b + 1] - self.s.starts[b])
@@ -183,10 +215,15 @@ class BatchStream:
         for s, smap in maps.items():
             rows = np.flatnonzero(shard == s)
             for r in rows[member[rows] >= smap.n]:
-                errors[int(r)] = smap.error or ShardError(smap.url, f"holds {smap.n} samples, fewer than its index says")
+                errors[int(r)] = smap.error or ShardError(
+                    smap.url, f"holds {smap.n} samples, fewer than its index says"
+                )
         if self.plan is not None:
             self._images(lo, shard, member, maps, out, errors)
-        extras = [self._field(ext, kind, shard, member, maps, errors) for ext, kind in self.ds.fields.items()]
+        extras = [
+            self._field(ext, kind, shard, member, maps, errors)
+            for ext, kind in self.ds.fields.items()
+        ]
         if errors:
             self._replace(errors, shard, member, maps, out, extras)
         kinds = list(self.ds.fields.items())
@@ -210,7 +247,8 @@ class BatchStream:
                 offsets = smap.fields[ext][0][member[sel]] + layout[0]
                 params = draw_params(layout[4], self.key, lo + sel)
                 dst = arr[sel] if not _is_run(sel) else arr[sel[0] : sel[-1] + 1]
-                gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, dst, self.nchw and self.direct)
+                gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, dst,
+                            self.nchw and self.direct, self.affine)  # fmt: skip
                 if not _is_run(sel):
                     arr[sel] = dst
                 rows = rows[~fast]
@@ -241,11 +279,25 @@ class BatchStream:
         done = []
         for k, r in enumerate(rows):
             smap, m = maps[int(shard[r])], int(member[r])
-            field = next((e for e in self.ds.image if smap.view(e, m) is not None), self.ds.image[0])
+            field = next(
+                (e for e in self.ds.image if smap.view(e, m) is not None), self.ds.image[0]
+            )
             key = smap.key(m)
             try:
-                src = self.ds._image_source({field: smap.view(field, m)} if smap.view(field, m) is not None else {}, smap.url, key, field)
-                plan.sample_into(src, tmp[k] if self.direct else arr[r], self.rngs.for_sample(lo + r), url=smap.url, key=key, field=field)
+                src = self.ds._image_source(
+                    {field: smap.view(field, m)} if smap.view(field, m) is not None else {},
+                    smap.url,
+                    key,
+                    field,
+                )
+                plan.sample_into(
+                    src,
+                    tmp[k] if self.direct else arr[r],
+                    self.rngs.for_sample(lo + r),
+                    url=smap.url,
+                    key=key,
+                    field=field,
+                )
                 done.append(k)
             except Exception as exc:  # becomes the sample's error, see _replace
                 errors[r] = _as_error(exc, smap.url, key, field)
@@ -258,7 +310,9 @@ class BatchStream:
             values, ok = np.zeros(n, np.int64), np.zeros(n, np.bool_)
             for s, smap in maps.items():
                 rows = np.flatnonzero((shard == s) & (member < smap.n))
-                offsets, sizes = smap.fields.get(ext, (np.full(smap.n, -1, np.int64), np.zeros(smap.n, np.int64)))
+                offsets, sizes = smap.fields.get(
+                    ext, (np.full(smap.n, -1, np.int64), np.zeros(smap.n, np.int64))
+                )
                 _parse_ints(smap.data, offsets[member[rows]], sizes[member[rows]], rows, values, ok)
             for r in np.flatnonzero(~ok):
                 if int(r) not in errors:
@@ -313,8 +367,12 @@ class BatchStream:
     def _skipped(self, err: Exception, smap: ShardMap | None, m: int) -> None:
         self.stats.skipped += 1
         if len(self.stats.skipped_keys) < 100:
-            key = getattr(err, "key", None) or (smap.key(m) if smap is not None and m < smap.n else None)
-            self.stats.skipped_keys.append(f"{getattr(err, 'url', None) or (smap.url if smap else None)}:{key}")
+            key = getattr(err, "key", None) or (
+                smap.key(m) if smap is not None and m < smap.n else None
+            )
+            self.stats.skipped_keys.append(
+                f"{getattr(err, 'url', None) or (smap.url if smap else None)}:{key}"
+            )
         if self.ds.on_error == "warn":
             warnings.warn(f"skipped a bad sample: {err}", stacklevel=2)
 

@@ -90,6 +90,12 @@ class OutputPool:
     consumer that keeps its batches simply gets fresh ones. The engine drops its own
     reference right after yielding. CUDA outputs are not pooled: the caching allocator
     already reuses device memory.
+
+    When the pool is full, a new batch replaces one that somebody still holds (its memory
+    lives on with its holder) rather than a free one, whose memory would be returned to
+    the system and faulted in again by the next fresh batch. A caller whose batches vary
+    in size can pool batches of the largest size and hand out their leading slices (the
+    batch path does): a slice holds the storage, so the check above sees it.
     """
 
     def __init__(self, size: int) -> None:
@@ -104,14 +110,15 @@ class OutputPool:
         return None
 
     def keep(self, out: Any) -> None:
-        """Remembers a batch ``finish`` returned (if there is room and it is a CPU tensor)."""
+        """Remembers a batch ``finish`` returned (if it is a CPU tensor; see the NOTE for which goes)."""
         if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
             return
         if self.size == 0 or any(t is out for t in self.tensors):
             return
-        self.tensors.append(out)  # the pool follows the latest batches
-        if len(self.tensors) > self.size:
-            del self.tensors[0]
+        if len(self.tensors) >= self.size:
+            held = [i for i in range(len(self.tensors)) if not _unreferenced(self.tensors, i)]
+            del self.tensors[held[0] if held else 0]
+        self.tensors.append(out)
 
 
 def _unreferenced(tensors: list[torch.Tensor], i: int) -> bool:

@@ -18,6 +18,19 @@ map of ``_gather`` on 3x64x64 samples. Channels-last sources into an NCHW batch
 (``_gather_hwc``) read each source row once and write its three channels' rows together
 (about 1.5x on 32x32 crops). The values are the same table entries.
 
+NOTE [ Affine planes ]
+A table lookup per pixel does not vectorise (each output needs its own load from the
+table). A float32 normalisation table is affine, ``lut[c, v] = float32((v / 255 - mean)
+/ std)``, so ``_affine_planes`` computes ``float32(v * a[c] + b[c])`` in float64 instead,
+8 pixels per instruction, with ``a = 1 / (255 std)`` and ``b = -mean / std``. The float64
+rounding of ``a`` and ``b`` is far below float32's, but a value could still land on the
+other side of a float32 rounding boundary, so ``affine_table`` runs the kernel on all 256
+bytes of each channel and uses it only when every value equals the table entry
+(otherwise the table kernel runs): the output is bit for bit the table's. On the
+benchmark machine a 512x3x64x64 batch takes about 4 ms instead of 5 on one core, and
+about 4.2 instead of 5.3 ms per batch with two threads at once, where the writes of 25 MB
+per batch into memory (about 8 GB/s here) are most of the cost.
+
 NOTE [ Batch-drawn augmentation parameters ]
 The per-sample ``Generator`` of the general path costs microseconds per sample, more
 than the pixels of a 32x32 image. Here each parameter is a counter-based hash instead:
@@ -39,7 +52,16 @@ from numba import njit
 
 from fastdata.transforms.ops import CenterCrop, RandomCrop, RandomHorizontalFlip, RandomVerticalFlip
 
-__all__ = ["CropSpec", "Params", "crop_spec", "draw_params", "gather_into", "convert_into", "param_key"]
+__all__ = [
+    "CropSpec",
+    "Params",
+    "affine_table",
+    "crop_spec",
+    "convert_into",
+    "draw_params",
+    "gather_into",
+    "param_key",
+]
 
 _PHI, _C = np.uint64(0x9E3779B97F4A7C15), 0xD1B54A32D192ED03
 
@@ -131,10 +153,38 @@ def draw_params(spec: CropSpec, key: int, index: np.ndarray) -> Params:
         if spec.span[d] > 1 else np.full(len(index), spec.center[d], np.int64)
         for d in (0, 1)
     )  # fmt: skip
-    return Params(oy, ox, uniforms(key, index, 2) < spec.hflip, uniforms(key, index, 3) < spec.vflip)
+    return Params(
+        oy, ox, uniforms(key, index, 2) < spec.hflip, uniforms(key, index, 3) < spec.vflip
+    )
 
 
-def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, out, nchw: bool) -> None:
+def affine_table(lut: np.ndarray, mean, std, scale: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(a, b)``, float64 per channel, when ``_affine_planes`` reproduces ``lut`` exactly, else None.
+
+    NOTE [ Affine planes ]: ``lut`` is the ``(3, 256)`` float32 table of ``Normalize(mean,
+    std)`` after ``ToDtype(float32, scale=scale)``.
+    """
+    if lut.dtype != np.float32 or lut.shape != (3, 256):
+        return None
+    try:
+        m = np.broadcast_to(np.asarray(mean, np.float64).reshape(-1), (3,))
+        s = np.broadcast_to(np.asarray(std, np.float64).reshape(-1), (3,))
+    except (TypeError, ValueError):
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = (1.0 / 255.0 if scale else 1.0) / s, -m / s
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return None
+    got = np.empty((1, 3, 256), np.float32)
+    _affine_planes(
+        np.tile(np.arange(256, dtype=np.uint8), 3), np.zeros(1, np.int64), 256, a, b, got
+    )
+    return (a, b) if np.array_equal(got[0], lut) else None
+
+
+def gather_into(
+    data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, out, nchw: bool, affine=None
+) -> None:
     """Writes the batch: ``out[i]`` from the ``(h, w, 3)`` (or ``(3, h, w)``) uint8 pixels at ``offsets[i]``.
 
     Args:
@@ -147,10 +197,14 @@ def gather_into(data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, 
         lut: ``(3, 256)`` table in ``out``'s dtype (identity for uint8 output).
         out: ``(N, 3, H, W)`` when ``nchw`` else ``(N, H, W, 3)``, C-contiguous.
         nchw: layout of ``out``.
+        affine: ``affine_table(lut, ...)``, or None (NOTE [ Affine planes ]).
     """
     n, hw = len(offsets), h * w
     if chw and nchw and out.flags.c_contiguous and out.shape[2:] == (h, w) and not _moves(p):
-        _copy_planes(data, offsets, hw, lut, out.reshape(n, 3, hw))  # NOTE [ Whole planes ]
+        if affine is not None:
+            _affine_planes(data, offsets, hw, affine[0], affine[1], out.reshape(n, 3, hw))
+        else:
+            _copy_planes(data, offsets, hw, lut, out.reshape(n, 3, hw))  # NOTE [ Whole planes ]
         return
     fill = np.asarray(fill, np.uint8)
     if not chw and nchw:  # NOTE [ Whole planes ]: channels-last pixels into planes
@@ -197,6 +251,17 @@ def _copy_planes(data, offsets, hw, lut, out):
             table, src, dst = lut[c], data[base : base + hw], out[i, c]
             for k in range(hw):  # slices indexed by a range: no negative-index checks
                 dst[k] = table[src[k]]
+
+
+@njit(nogil=True, cache=True)
+def _affine_planes(data, offsets, hw, a, b, out):
+    """``out[i, c, k] = float32(data[offsets[i] + c * hw + k] * a[c] + b[c])`` (NOTE [ Affine planes ])."""
+    for i in range(len(offsets)):
+        for c in range(3):
+            base = offsets[i] + c * hw
+            ac, bc, src, dst = a[c], b[c], data[base : base + hw], out[i, c]
+            for k in range(hw):
+                dst[k] = np.float32(np.float64(src[k]) * ac + bc)
 
 
 @njit(nogil=True, cache=True)

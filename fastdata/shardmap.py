@@ -27,6 +27,17 @@ faults on new memory, and the shard's pages count once however many processes ma
 Rewriting or truncating a shard file while an epoch reads it is not supported (the
 kernel may raise ``SIGBUS`` for pages cut off a mapped file).
 
+NOTE [ Scans kept between epochs ]
+The table of a local shard (offsets, sizes, keys, error) is kept after its first scan,
+keyed by the file's identity and version, ``(device, inode, size, mtime_ns, ctime_ns)``
+from ``fstat`` on the descriptor that is mapped. A later ``load_shard`` of the same file
+maps it again (its pages are still in the page cache) and reuses the table, so the epochs
+after the first, or after the dataset counted its samples, scan nothing. A shard written
+under a temporary name and renamed (``ShardWriter``) is a new inode, and a file rewritten
+in place has new times. The tables, a few dozen bytes per sample, are bounded in total
+(``_SCAN_CACHE_BYTES``; the least recently used go first). Remote shards are read and
+scanned every time.
+
 NOTE [ Bad shards in the batch path ]
 A shard that cannot be opened gives an empty map with ``error`` set. A shard that breaks
 off (truncation, bad checksum) keeps the samples before the break, except the last one,
@@ -39,7 +50,9 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numba import njit
@@ -71,14 +84,7 @@ class ShardMap:
         data: the whole shard as a uint8 array.
         n: samples found.
         fields: ``{ext: (offsets, sizes)}``, int64 arrays of length ``n``; -1: absent.
-        error: why the shard ended early (NOTE [ Mapped shards ]
-Local shards are memory-mapped read-only (``MAP_POPULATE``: the pages are mapped in one
-call) instead of read into a fresh array: no copy out of the page cache and no page
-faults on new memory, and the shard's pages count once however many processes map them.
-Rewriting or truncating a shard file while an epoch reads it is not supported (the
-kernel may raise ``SIGBUS`` for pages cut off a mapped file).
-
-NOTE [ Bad shards in the batch path ]), or None.
+        error: why the shard ended early (NOTE [ Bad shards in the batch path ]), or None.
     """
 
     url: str
@@ -107,11 +113,16 @@ NOTE [ Bad shards in the batch path ]), or None.
 
 
 def read_bytes(url: str) -> np.ndarray:
-    """The whole shard as a uint8 array (local paths in one read).
+    """The whole shard as a uint8 array (local paths memory-mapped).
 
     Raises:
         ShardError: the shard cannot be opened or read.
     """
+    return _read(url)[0]
+
+
+def _read(url: str) -> tuple[np.ndarray, tuple | None]:
+    """The shard's bytes and, for a local file, its identity (NOTE [ Scans kept between epochs ])."""
     path = url[len("file:") :].removeprefix("//") if url.startswith("file:") else url
     if "://" not in path and not path.startswith("pipe:"):
         try:
@@ -120,35 +131,87 @@ def read_bytes(url: str) -> np.ndarray:
             raise ShardError(url, f"cannot open: {exc}") from exc
     with open_url(url) as stream:
         try:
-            return np.frombuffer(stream.read(), dtype=np.uint8)
+            return np.frombuffer(stream.read(), dtype=np.uint8), None
         except OSError as exc:
             raise ShardError(url, f"cannot read: {exc}") from exc
 
 
-def _map_file(path: str) -> np.ndarray:
+def _map_file(path: str) -> tuple[np.ndarray, tuple]:
     """A local file as a read-only uint8 array over the page cache (NOTE [ Mapped shards ])."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return np.empty(0, np.uint8)
+        st = os.fstat(f.fileno())
+        ident = (
+            os.path.abspath(path),
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+        if st.st_size == 0:
+            return np.empty(0, np.uint8), ident
         flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-        return np.frombuffer(mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ), np.uint8)
+        return np.frombuffer(
+            mmap.mmap(f.fileno(), st.st_size, flags=flags, prot=mmap.PROT_READ), np.uint8
+        ), ident
 
 
 def load_shard(url: str) -> ShardMap:
     """Reads and scans one shard (see the module docstring). Never raises for bad data.
 
     A shard that cannot be read, or whose samples are not contiguous, gives a map with
-    ``n == 0`` and ``error`` set; other damage keeps the samples before it.
+    ``n == 0`` and ``error`` set; other damage keeps the samples before it. A local shard
+    scanned before is not scanned again (NOTE [ Scans kept between epochs ]).
     """
     try:
-        data = read_bytes(url)
+        data, ident = _read(url)
     except ShardError as exc:
         return ShardMap(url, np.empty(0, np.uint8), 0, error=exc)
+    table = _SCANS.get(ident) if ident is not None else None
+    if table is not None:
+        return replace(table, url=url, data=data)
     try:
-        return _scan_shard(url, data)
+        smap = _scan_shard(url, data)
     except ShardError as exc:
-        return ShardMap(url, data, 0, error=exc)
+        smap = ShardMap(url, data, 0, error=exc)
+    if ident is not None:
+        _SCANS.put(ident, replace(smap, data=_NO_DATA))
+    return smap
+
+
+_NO_DATA = np.empty(0, np.uint8)
+_SCAN_CACHE_BYTES = 64 << 20
+
+
+class _ScanCache:
+    """Shard tables by file identity, least recently used dropped beyond ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.total = limit, 0
+        self.tables: OrderedDict[tuple, tuple[ShardMap, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ident: tuple) -> ShardMap | None:
+        with self._lock:
+            hit = self.tables.get(ident)
+            if hit is None:
+                return None
+            self.tables.move_to_end(ident)
+            return hit[0]
+
+    def put(self, ident: tuple, table: ShardMap) -> None:
+        for offsets, sizes in table.fields.values():
+            offsets.flags.writeable = sizes.flags.writeable = False  # shared by every later map
+        size = 256 + sum(o.nbytes + s.nbytes for o, s in table.fields.values()) + 16 * table.n
+        with self._lock:
+            old = self.tables.pop(ident, None)
+            self.total += size - (old[1] if old else 0)
+            self.tables[ident] = (table, size)
+            while self.total > self.limit and len(self.tables) > 1:
+                self.total -= self.tables.popitem(last=False)[1][1]
+
+
+_SCANS = _ScanCache(_SCAN_CACHE_BYTES)
 
 
 def _scan_shard(url: str, data: np.ndarray) -> ShardMap:
@@ -161,7 +224,9 @@ def _scan_shard(url: str, data: np.ndarray) -> ShardMap:
     regular = (kind == ord("0")) | (kind == 0) | (kind == ord("7"))
     if not regular.all() or _has_prefix(data, hdr):
         return _slow_scan(url, data)
-    key_len, key_hash, ext_hash, keep = (np.empty(count, t) for t in (np.int64, np.uint64, np.uint64, np.bool_))
+    key_len, key_hash, ext_hash, keep = (
+        np.empty(count, t) for t in (np.int64, np.uint64, np.uint64, np.bool_)
+    )
     _name_parts(data, hdr, key_len, key_hash, ext_hash, keep)
     hdr, off, size = hdr[keep], off[keep], size[keep]
     key_len, key_hash, ext_hash = key_len[keep], key_hash[keep], ext_hash[keep]
@@ -173,21 +238,29 @@ def _scan_shard(url: str, data: np.ndarray) -> ShardMap:
     n = int(sample[-1]) + 1
     if len(np.unique(key_hash[start])) != n:
         dup = _first_duplicate(key_hash[start])
-        raise ShardError(url, "files of this sample are not contiguous in the shard", _key_at(data, hdr[start][dup], key_len[start][dup]))
+        raise ShardError(
+            url,
+            "files of this sample are not contiguous in the shard",
+            _key_at(data, hdr[start][dup], key_len[start][dup]),
+        )
     ext_values, ext_id = np.unique(ext_hash, return_inverse=True)
     if len(np.unique(sample * len(ext_values) + ext_id)) != len(sample):
         raise ShardError(url, "a sample holds the same extension twice (duplicate file)")
     fields = {}
     for e in range(len(ext_values)):
         m = int(np.argmax(ext_id == e))
-        name = bytes(data[hdr[m] : hdr[m] + 100]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        name = (
+            bytes(data[hdr[m] : hdr[m] + 100]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        )
         ext = split_name(name)[1]
         fields[ext] = _columns(n, sample[ext_id == e], off[ext_id == e], size[ext_id == e])
     smap = ShardMap(url, data, n, fields, error, _key_pos=hdr[start], _key_len=key_len[start])
     return _drop_last_if_broken(smap)
 
 
-def _columns(n: int, sample: np.ndarray, off: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _columns(
+    n: int, sample: np.ndarray, off: np.ndarray, size: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     offsets, sizes = np.full(n, -1, np.int64), np.zeros(n, np.int64)
     offsets[sample], sizes[sample] = off, size
     return offsets, sizes
@@ -214,7 +287,9 @@ def _slow_scan(url: str, data: np.ndarray) -> ShardMap:
                 continue
             if not keys or keys[-1] != key:
                 if key in keys:
-                    raise ShardError(url, "files of this sample are not contiguous in the shard", key)
+                    raise ShardError(
+                        url, "files of this sample are not contiguous in the shard", key
+                    )
                 keys.append(key)
             col = cols.setdefault(ext, {})
             if len(keys) - 1 in col:
@@ -249,7 +324,9 @@ def _key_at(data: np.ndarray, pos: int, length: int) -> str:
 def _has_prefix(data: np.ndarray, hdr: np.ndarray) -> bool:
     if len(hdr) == 0:
         return False
-    ustar = np.all(data[hdr[:, None] + np.arange(257, 262)] == np.frombuffer(b"ustar", np.uint8), axis=1)
+    ustar = np.all(
+        data[hdr[:, None] + np.arange(257, 262)] == np.frombuffer(b"ustar", np.uint8), axis=1
+    )
     return bool(np.any(ustar & (data[hdr + 345] != 0)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -37,16 +39,30 @@ def write_raw(folder, n, per_shard, chw: bool, seed=0):
         for i in range(n):
             img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
             pixels[f"k{i:04d}"] = img
-            sink.write({"__key__": f"k{i:04d}", "npy": img.transpose(2, 0, 1).copy() if chw else img, "cls": i})
+            sink.write(
+                {
+                    "__key__": f"k{i:04d}",
+                    "npy": img.transpose(2, 0, 1).copy() if chw else img,
+                    "cls": i,
+                }
+            )
     return str(folder / f"r-{{000..{(n - 1) // per_shard:03d}}}.tar"), pixels
 
 
-@pytest.mark.parametrize("chw,channels_last,workers", [(False, False, 2), (True, False, 0), (False, True, 1)])
+@pytest.mark.parametrize(
+    "chw,channels_last,workers", [(False, False, 2), (True, False, 0), (False, True, 1)]
+)
 def test_raw_kernel_matches_numpy_reference(tmp_path, chw, channels_last, workers):
     urls, pixels = write_raw(tmp_path, 37, 8, chw, seed=int(chw))
-    ops = [T.RandomCrop((8, 9), padding=(1, 2, 3, 4)), T.RandomHorizontalFlip(), T.RandomVerticalFlip(0.3)]
+    ops = [
+        T.RandomCrop((8, 9), padding=(1, 2, 3, 4)),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(0.3),
+    ]
     pipe = T.Compose([*ops, T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
-    ds = ShardDataset(urls, transform=pipe, fields=("__key__", "cls"), shuffle=True, buffer_size=10, seed=5)
+    ds = ShardDataset(
+        urls, transform=pipe, fields=("__key__", "cls"), shuffle=True, buffer_size=10, seed=5
+    )
     spec = crop_spec(ops, 10, 12)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for epoch in range(2):
@@ -67,7 +83,9 @@ def test_raw_kernel_normalise_only_matches_numpy_reference(tmp_path, chw, channe
     # no crop and no flip: channels-first sources take the whole-plane kernel
     urls, pixels = write_raw(tmp_path, 21, 8, chw, seed=3 + int(chw))
     pipe = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
-    ds = ShardDataset(urls, transform=pipe, fields=("__key__",), shuffle=True, buffer_size=10, seed=2)
+    ds = ShardDataset(
+        urls, transform=pipe, fields=("__key__",), shuffle=True, buffer_size=10, seed=2
+    )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     seen = 0
     for images, keys in ds.iter_batches(5, num_workers=2, memory_format=fmt):
@@ -86,7 +104,9 @@ def test_raw_kernel_with_odd_sample_shapes_falls_back_per_sample(tmp_path):
         for i, img in enumerate(imgs):
             sink.write({"__key__": f"k{i:02d}", "npy": img, "cls": i})
     pipe = T.Compose([T.CenterCrop(8), T.ToDtype(torch.float32, scale=True)])
-    got = ShardDataset(str(tmp_path / "o-{000..001}.tar"), transform=pipe, fields=("cls",)).iter_batches(5)
+    got = ShardDataset(
+        str(tmp_path / "o-{000..001}.tar"), transform=pipe, fields=("cls",)
+    ).iter_batches(5)
     for images, labels in got:
         for img, i in zip(images, labels.tolist(), strict=True):
             h = imgs[i].shape[0]
@@ -109,7 +129,9 @@ def test_schedule_is_a_partition_with_equal_batches(counts, world, workers, bs, 
         taken += list(zip(s.shard.tolist(), s.member.tolist(), strict=True))
         assert all(0 <= m < counts[sh] for sh, m in taken)
     assert len(set(taken)) == len(taken)  # disjoint, no repeats
-    per_rank = rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=drop)
+    per_rank = rank_batches(
+        counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=drop
+    )
     assert lengths == [min(per_rank)] * world
     if len(set(per_rank)) == 1 and not drop:
         assert sorted(taken) == sorted((sh, m) for sh, c in enumerate(counts) for m in range(c))
@@ -128,3 +150,56 @@ def test_corrupt_npy_header_is_skipped_and_counted(tmp_path):
     assert len(keys) == 16 and "k0008" not in keys and ds.stats.skipped == 1
     with pytest.raises(Exception, match="k0008"):
         list(ShardDataset(urls, transform=pipe, fields=("__key__",)).iter_batches(4))
+
+
+def test_kept_float_batches_are_never_overwritten_and_dropped_ones_are_reused(tmp_path):
+    # 37 samples, batches of 6 from 2 slots: partial batches are slices of pooled batches
+    urls, pixels = write_raw(tmp_path, 37, 8, chw=True, seed=7)
+    pipe = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    ds = ShardDataset(
+        urls, transform=pipe, fields=("__key__",), shuffle=True, buffer_size=10, seed=3
+    )
+    kept, delivered, again = [], {}, 0  # id -> weak reference of every delivered batch
+    for epoch in range(3):
+        for b, (images, keys) in enumerate(ds.iter_batches(6, num_workers=2, prefetch=1)):
+            seen = delivered.get(id(images))
+            again += seen is not None and seen() is images  # the same pooled batch, written again
+            delivered[id(images)] = weakref.ref(images)
+            if epoch == 1 and b % 3 == 0:
+                kept.append((images, keys))  # the whole batch
+            elif epoch == 1 and b % 3 == 1:
+                kept.append((images[1:3], keys[1:3]))  # a view keeps the storage alive
+            elif epoch == 2 and b % 4 == 0:
+                kept.append((torch.from_numpy(images.numpy()), keys))  # an array on the storage
+    assert again >= 5
+    for images, keys in kept:
+        for img, k in zip(images, keys, strict=True):
+            expect = reference(pixels[k], 0, 0, False, False, (10, 12))
+            np.testing.assert_allclose(img.double().numpy(), expect, atol=2e-6, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mean=st.lists(st.floats(-2, 2), min_size=3, max_size=3), std=st.lists(st.floats(0.01, 3), min_size=3, max_size=3),
+       scale=st.booleans(), seed=st.integers(0, 2**32))  # fmt: skip
+def test_affine_planes_equal_the_table_bit_for_bit(mean, std, scale, seed):
+    from fastdata.crops import _affine_planes, _copy_planes, affine_table
+    from fastdata.transforms.kernels import normalize_lut
+
+    lut = normalize_lut(mean, std, 3, torch.float32, scale).numpy()
+    affine = affine_table(lut, mean, std, scale)
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, 5 * 3 * 70, dtype=np.uint8)
+    offsets = rng.permutation(5).astype(np.int64) * 210
+    want, got = np.empty((5, 3, 70), np.float32), np.empty((5, 3, 70), np.float32)
+    _copy_planes(data, offsets, 70, lut, want)
+    expect = (data[offsets[:, None, None] + np.arange(3)[:, None] * 70 + np.arange(70)] / (255.0 if scale else 1.0)
+              - np.array(mean)[:, None]) / np.array(std)[:, None]  # fmt: skip
+    np.testing.assert_allclose(want, expect, rtol=1e-6, atol=1e-6)
+    if affine is not None:
+        _affine_planes(data, offsets, 70, affine[0], affine[1], got)
+        assert np.array_equal(got, want)
+    wrong = lut.copy()
+    wrong[1, 17] = np.nextafter(wrong[1, 17], np.float32(np.inf))
+    assert (
+        affine_table(wrong, mean, std, scale) is None
+    )  # a table it does not reproduce: the table kernel
