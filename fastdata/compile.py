@@ -35,12 +35,16 @@ class CompiledFolder:
         samples: the dataset's ``(path, class_index)`` list (the dataset's own object).
         target_transform: the dataset's ``target_transform`` or None.
         transforms: the names of the compiled transforms, for ``repr`` and logs.
+        batch_stage: the plan has a batch-level stage and most files are PNGs, which it
+            decodes (NOTE [ Batch-level stage ] in ``fastdata.engine``): worker threads
+            then beat worker processes (NOTE [ Threads, not processes ]).
     """
 
     plan: Plan
     samples: Sequence[tuple[str, int]]
     target_transform: Callable[[Any], Any] | None
     transforms: list[str]
+    batch_stage: bool = False
 
     def refs(self, index_batches: Iterator[Sequence[int]]) -> Iterator[list[SampleRef]]:
         """Turns batches of dataset indices into batches of ``SampleRef``.
@@ -90,7 +94,15 @@ def compile_folder(
     except PlanError as exc:
         return None, [f"the pipeline as a whole: {exc}"]
     names = [type(t).__name__ for t in getattr(pipeline, "transforms", [pipeline])]
-    return CompiledFolder(plan, dataset.samples, dataset.target_transform, names), []
+    staged = getattr(plan, "has_batch_stage", False) and _mostly_png(dataset.samples)
+    return CompiledFolder(plan, dataset.samples, dataset.target_transform, names, staged), []
+
+
+def _mostly_png(samples: Sequence[tuple[str, int]]) -> bool:
+    """Whether most of the folder's files have a ``.png`` extension (a sample of 1,000)."""
+    step = max(1, len(samples) // 1000)
+    names = [str(samples[i][0]).lower() for i in range(0, len(samples), step)]
+    return 2 * sum(name.endswith(".png") for name in names) > len(names)
 
 
 def _dataset_reasons(dataset: Any) -> list[str]:

@@ -18,7 +18,9 @@ API
     ``plan`` is a compiled transform plan (``fastdata.transforms``): ``sample_shape``
     ``(H, W, C)``; ``sample_into(src, out, rng, url=, key=, field=)`` writes one uint8 HWC
     sample into ``out``; ``finish(uint8_nhwc_batch, device=, memory_format=, out=)``
-    returns the converted NCHW batch (written into ``out`` when one is given).
+    returns the converted NCHW batch (written into ``out`` when one is given). Optionally
+    ``chunk_into(sources, indices, key, out)``: a batch-level stage (NOTE [ Batch-level
+    stage ]).
     ``iterate(batches, epoch=0, rank=0, worker=0, seed=None)`` takes an iterable of
     batches, each a sequence of ``SampleRef``, and yields ``(images, extras)`` per batch,
     where ``extras`` is ``collate_extras`` applied to the list of the samples' ``extra``
@@ -35,6 +37,15 @@ its size when samples are skipped (NOTE [ Skipping bad samples ]); every wait po
 timeout and the first error of a sample reaches the consumer as the exception it was
 (with its traceback), wrapped in ``DecodeError`` when it was not already a fastdata error.
 
+NOTE [ Batch-level stage ]
+A worker first reads the bytes of every sample of its chunk (a few dozen samples), then,
+when the plan has ``chunk_into``, hands them all to it at once with the samples' indices
+and the epoch's key words (``SampleRng.key``); the stage writes the samples it covers
+into their slots in one compiled call and returns a bool per sample. The rest (declined
+formats, corrupt data, a file that could not be read) go through ``sample_into`` one by
+one as before, which raises the error that names the file. For 32x32 PNGs this removes
+almost all per-sample Python (``fastdata.smallbatch``).
+
 NOTE [ Threads, not processes ]
 Threads when the per-sample work runs mostly outside the GIL, forked processes when it
 does not; decided by profiling and timing the two benchmark workloads on the 2-core
@@ -43,14 +54,18 @@ machine (BENCHMARKS.md, "DataLoader", worker modes):
   ~1.0 ms is libjpeg-turbo decoding and ~1.1 ms the Numba ``nogil`` resampling, both
   releasing the GIL; the Python around them is under 10%. Threads scale, write straight
   into the ring and pickle nothing: 730 samples/s against 612 with two processes.
-- 32x32 PNG -> RandomCrop(32, padding=4) + flip: ~0.25 ms of CPU per sample with
-  ``fastdata.png`` and the crop/flip kernel, much of it still Python holding the GIL
-  (file open, per-sample generator, bookkeeping), so two threads scale poorly.
-  ``processes=True`` forks ``num_threads`` workers that write into a shared-memory ring;
-  only the ``SampleRef`` lists go to them and only failures come back, never pixels:
-  6,878 samples/s against 5,610 with two threads (``bench_loader.py --workloads cifar
-  --variants compile-threads compile-processes --reps 3``).
-The loader picks processes for outputs of at most 64x64 pixels (``worker_mode="auto"``).
+- 32x32 PNG -> RandomCrop(32, padding=4) + flip, per-sample path: ~0.25 ms of CPU per
+  sample, much of it Python holding the GIL (file open, per-sample generator,
+  bookkeeping), so two threads scaled poorly and ``processes=True`` (``num_threads``
+  forked workers writing into a shared-memory ring; only the ``SampleRef`` lists go to
+  them and only failures come back, never pixels) won: 6,878 samples/s against 5,610.
+  With the batch-level stage (NOTE [ Batch-level stage ]) a sample costs ~0.07 ms of CPU,
+  ~0.05 ms of it in the ``nogil`` kernel, and threads win: about 17,000 samples/s against
+  10,600 with processes, which pay for pickling the ``SampleRef`` lists and for the pool's
+  queues (``bench_loader.py --workloads cifar --variants compile-threads
+  compile-processes``).
+The loader picks processes for outputs of at most 64x64 pixels unless the plan has a
+batch-level stage and the folder holds PNGs (``worker_mode="auto"``).
 Buffers are reused only when safe: NOTE [ Buffer reuse ] and NOTE [ Output reuse ] in
 ``fastdata.buffers``.
 """
@@ -102,6 +117,9 @@ class Plan(Protocol):
     def finish(
         self, batch: torch.Tensor, device: Any = None, memory_format: Any = ..., out: Any = None
     ) -> Any: ...
+
+    # Optional: ``chunk_into(sources, indices, key, out) -> bool array | None``, a batch-level
+    # stage (NOTE [ Batch-level stage ]); plans without it go sample by sample.
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +181,7 @@ class SampleRng:
         self.words = tuple(words)
         key = np.random.SeedSequence(words).generate_state(2, np.uint64)
         self._key = key
+        self.key = key.copy()  # the key words batch-level stages hash with sample indices
         self._local = threading.local()
 
     def for_sample(self, index: int) -> np.random.Generator:
@@ -444,22 +463,63 @@ class BatchEngine:
 def _produce(
     plan: Plan, refs: Sequence[SampleRef], lo: int, hi: int, out: np.ndarray, rngs: SampleRng
 ) -> list[tuple[int, Exception]]:
-    """Worker body: samples ``lo:hi`` of a batch into their slots; failures as values."""
-    failures = []
+    """Worker body: samples ``lo:hi`` of a batch into their slots; failures as values.
+
+    A plan with a batch-level stage (``plan.chunk_into``, see NOTE [ Batch-level stage ])
+    gets the chunk's sources first; the samples it declines go through ``sample_into``.
+    """
+    failures, sources = [], []
     for i in range(lo, hi):
+        src = refs[i].source
+        try:
+            if isinstance(src, (str, os.PathLike)):
+                src = _read_file(src)
+        except Exception as exc:  # handed to the consumer, see NOTE [ Skipping bad samples ]
+            failures.append((i, _as_fastdata_error(exc, refs[i])))
+            src = None
+        sources.append(src)
+    todo = range(lo, hi)
+    chunk_into = getattr(plan, "chunk_into", None)
+    done = None if chunk_into is None or hi == lo else chunk_into(
+        sources, [ref.index for ref in refs[lo:hi]], rngs.key, out[lo:hi]
+    )  # fmt: skip
+    if done is not None:
+        todo = [lo + int(i) for i in np.flatnonzero(~np.asarray(done, bool))]
+    failed = {i for i, _ in failures}
+    for i in todo:
+        if i in failed:
+            continue
         ref = refs[i]
         try:
-            src = ref.source
-            if isinstance(src, (str, os.PathLike)):
-                with open(src, "rb") as fh:
-                    src = fh.read()
             rng = rngs.for_sample(ref.index)
-            plan.sample_into(src, out[i], rng, url=ref.url, key=ref.key, field=ref.field)
+            plan.sample_into(
+                sources[i - lo], out[i], rng, url=ref.url, key=ref.key, field=ref.field
+            )
         except Exception as exc:  # handed to the consumer, see NOTE [ Skipping bad samples ]
             failures.append((i, _as_fastdata_error(exc, ref)))
     return failures
 
 
+def _read_file(path: str | os.PathLike) -> bytes:
+    """The file's bytes, read with as few system calls and as little Python as possible.
+
+    ``open(...).read()`` costs ~13 us on a 2 KB file (buffered reader, context manager),
+    ``os.open`` and one ``os.read`` ~4 us: a fifth of the work of a 32x32 PNG sample.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, _FIRST_READ)
+        if len(data) < _FIRST_READ:
+            return data
+        parts = [data]
+        while chunk := os.read(fd, max(os.fstat(fd).st_size, _FIRST_READ)):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+_FIRST_READ = 1 << 16
 _PROCESS: dict[str, Any] = {}  # a worker process's plan, ring arrays and rng
 
 

@@ -66,8 +66,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         on_error: compiled path only: ``"raise"``, ``"skip"`` or ``"warn"`` for an image
             that cannot be read or decoded; skips are counted in ``stats``.
         worker_mode: compiled path only: ``"threads"``, ``"processes"`` or ``"auto"``
-            (processes for small images, threads otherwise; NOTE [ Threads, not processes ]
-            in ``fastdata.engine``).
+            (processes for small images the batch-level stage does not cover, threads
+            otherwise; NOTE [ Threads, not processes ] in ``fastdata.engine``).
     """
 
     def __init__(
@@ -192,7 +192,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if self.worker_mode != "auto":
             return self.worker_mode == "processes" and self.batch_size is not None
         h, w, _ = self.compiled.plan.sample_shape
-        return self.batch_size is not None and h * w <= SMALL_IMAGE_PIXELS
+        small = h * w <= SMALL_IMAGE_PIXELS and not self.compiled.batch_stage
+        return self.batch_size is not None and small
 
 
 class _CompiledIter:

@@ -88,34 +88,53 @@ def decode_png(data, out: np.ndarray | None = None) -> np.ndarray | None:
     return out
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _paeth(a, b, c):
+    """The Paeth predictor of left ``a``, up ``b`` and up-left ``c`` (int32 values)."""
+    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+    pred = b if pb <= pc else c
+    return a if (pa <= pb and pa <= pc) else pred
+
+
 @njit(nogil=True, cache=True)
-def _unfilter_row(kind, src, prev, cur, spp):
-    """One row: ``cur = unfilter(src)`` given the previous row; False for an unknown filter."""
-    n = cur.shape[0]
-    if kind == 0:
-        cur[:] = src
-    elif kind == 1:
-        cur[:spp] = src[:spp]
-        for i in range(spp, n):
-            cur[i] = src[i] + cur[i - spp]
-    elif kind == 2:
-        for i in range(n):
-            cur[i] = src[i] + prev[i]
-    elif kind == 3:
-        for i in range(spp):
-            cur[i] = src[i] + (prev[i] >> 1)
-        for i in range(spp, n):
-            cur[i] = src[i] + np.uint8((np.int32(cur[i - spp]) + np.int32(prev[i])) >> 1)
-    elif kind == 4:
-        for i in range(spp):  # a = c = 0: the predictor is b
-            cur[i] = src[i] + prev[i]
-        for i in range(spp, n):
-            a, b, c = np.int32(cur[i - spp]), np.int32(prev[i]), np.int32(prev[i - spp])
-            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-            best_bc = b if pb <= pc else c
-            cur[i] = src[i] + np.uint8(a if (pa <= pb and pa <= pc) else best_bc)
-    else:
-        return False
+def unfilter_inplace(raw, h, stride, spp):
+    """Undo PNG row filters (None, Sub, Up, Average, Paeth) in the inflated data itself.
+
+    Args:
+        raw: writable uint8 array of ``h`` rows, each a filter-type byte and ``stride``
+            bytes; after the call row ``y``'s pixels are ``raw[y * (stride + 1) + 1:][:stride]``.
+        h, stride: rows and bytes per row (width times samples per pixel).
+        spp: samples (bytes) per pixel.
+
+    Returns:
+        False when a row has an unknown filter type.
+    """
+    for y in range(h):
+        base = y * (stride + 1) + 1
+        up = base - stride - 1  # the previous row (unused for the first)
+        kind = raw[base - 1]
+        if kind == 0 or (kind == 2 and y == 0):
+            continue
+        if kind == 1 or (kind == 4 and y == 0):  # Paeth without a row above is Sub
+            for i in range(base + spp, base + stride):
+                raw[i] = np.uint8((np.int32(raw[i]) + np.int32(raw[i - spp])) & 255)
+        elif kind == 2:
+            for i in range(base, base + stride):
+                raw[i] = np.uint8((np.int32(raw[i]) + np.int32(raw[i - stride - 1])) & 255)
+        elif kind == 3:
+            for i in range(base, base + stride):
+                left = np.int32(raw[i - spp]) if i >= base + spp else 0
+                above = np.int32(raw[i - stride - 1]) if y > 0 else 0
+                raw[i] = np.uint8((np.int32(raw[i]) + ((left + above) >> 1)) & 255)
+        elif kind == 4:
+            for i in range(spp):  # a = c = 0: the predictor is b
+                raw[base + i] = np.uint8((np.int32(raw[base + i]) + np.int32(raw[up + i])) & 255)
+            for i in range(spp, stride):
+                a, b = np.int32(raw[base + i - spp]), np.int32(raw[up + i])
+                pred = _paeth(a, b, np.int32(raw[up + i - spp]))
+                raw[base + i] = np.uint8((np.int32(raw[base + i]) + pred) & 255)
+        else:
+            return False
     return True
 
 
@@ -123,19 +142,19 @@ def _unfilter_row(kind, src, prev, cur, spp):
 def unfilter_rgb(raw, h, w, spp, out):
     """Undo PNG row filters (None, Sub, Up, Average, Paeth) and write RGB into ``out``.
 
-    Returns False when a row has an unknown filter type.
+    ``raw`` is left unchanged (a copy is unfiltered). Returns False when a row has an
+    unknown filter type.
     """
     stride = w * spp
-    rows = np.zeros((2, stride), np.uint8)
+    work = raw[: h * (stride + 1)].copy()
+    if not unfilter_inplace(work, h, stride, spp):
+        return False
     for y in range(h):
-        base = y * (stride + 1)
-        prev, cur = rows[(y + 1) % 2], rows[y % 2]
-        if not _unfilter_row(raw[base], raw[base + 1 : base + 1 + stride], prev, cur, spp):
-            return False
+        row = work[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]
         if spp == 3:
-            out[y].reshape(stride)[:] = cur
+            out[y].reshape(stride)[:] = row
             continue
         for x in range(w):
             for ch in range(3):
-                out[y, x, ch] = cur[x * spp + (ch if spp >= 3 else 0)]
+                out[y, x, ch] = row[x * spp + (ch if spp >= 3 else 0)]
     return True

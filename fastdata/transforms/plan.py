@@ -110,6 +110,12 @@ class Plan:
         self.dtype, self.scale, self.mean, self.std = self._batch_stage()
         self._luts: dict[tuple[str, int], torch.Tensor] = {}
         self._direct = self._direct_steps()
+        self._stage = None
+        if self._direct is not None:
+            from fastdata import smallbatch  # imports this package
+
+            if smallbatch.AVAILABLE:
+                self._stage = smallbatch.SmallPngStage(*self._direct)
 
     def _direct_steps(self):
         """``(crop, flips)`` when the sample stage is RandomCrop then flips only, else None.
@@ -121,6 +127,11 @@ class Plan:
         the same draws, in the same order from the same ``rng``, feed one
         :func:`~fastdata.transforms.kernels.cpu.crop_flip_into` call. The output is
         identical to the general path's (tested).
+
+        The same plans also get a batch-level stage for PNG bytes (:meth:`chunk_into`,
+        :mod:`fastdata.smallbatch`) that the batch engine runs on whole chunks of samples;
+        it draws its parameters from a counter-based hash instead of ``rng`` (NOTE
+        [ Counter-based draws ]) and leaves what it declines to :meth:`sample_into`.
         """
         ops = self.sample_ops
         if not ops or type(ops[0]) is not RandomCrop:
@@ -130,6 +141,31 @@ class Plan:
             return None
         axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
         return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
+
+    @property
+    def has_batch_stage(self) -> bool:
+        """Whether :meth:`chunk_into` does anything (resize-free plans on PNG bytes)."""
+        return self._stage is not None
+
+    def chunk_into(self, sources, indices, key: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+        """Batch-level stage: writes the samples it covers into ``out``, in one call.
+
+        Args:
+            sources: each sample's encoded bytes (None for one that could not be read).
+            indices: each sample's index in the epoch.
+            key: the epoch's 128-bit key (``fastdata.engine.SampleRng.key``).
+            out: ``(len(sources), H, W, 3)`` uint8 slots.
+
+        Returns:
+            A bool per sample, True where its slot was written; the others (declined:
+            not a PNG the stage decodes, corrupt...) go through :meth:`sample_into`. None
+            when the plan has no batch-level stage.
+        """
+        if self._stage is None:
+            return None
+        if out.dtype != np.uint8 or out.shape[1:] != (*self._direct[0].size, CHANNELS):
+            raise ValueError(f"out must be uint8 (N, {self._direct[0].size}, 3), got {out.shape}")
+        return self._stage.run(sources, indices, key, out)[0]
 
     def _sample_direct(self, src, out, rng, url, key, field) -> None:
         crop, flips = self._direct
