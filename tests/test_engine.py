@@ -339,3 +339,46 @@ def test_worker_processes_cannot_grow_buffers():
     with BatchEngine(FlipPlan(), 2, num_threads=1, processes=True) as engine:
         with pytest.raises(ValueError, match="give batch_size"):
             list(engine.iterate(batches_of(make_images(8, 14), 4)))
+
+
+class ChunkPlan(FlipPlan):
+    """FlipPlan with a batch-level stage that takes the samples whose tag is even."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+
+    def chunk_into(self, sources, indices, key, out):
+        self.chunks.append(len(sources))
+        done = np.zeros(len(sources), bool)
+        for i, src in enumerate(sources):
+            if isinstance(src, bytes) and src[0] % 2 == 0:
+                pixels = np.frombuffer(src, np.uint8).reshape(H, W, C)
+                flip = (int(key[0]) + indices[i]) % 2 == 1  # some pure function of key/index
+                out[i] = pixels[::-1] if flip else pixels
+                done[i] = True
+        return done
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_batch_level_stage_takes_what_it_can_and_the_rest_goes_per_sample(tmp_path, processes):
+    imgs = make_images(20, seed=11)
+    refs = []
+    for i, img in enumerate(imgs):
+        path = tmp_path / f"{i}.raw"
+        path.write_bytes(img.tobytes())
+        refs.append(SampleRef(path, i, extra=i))
+    plan = ChunkPlan()
+    with BatchEngine(plan, 10, num_threads=2, seed=5, processes=processes) as engine:
+        images = torch.cat([x for x, _ in engine.iterate([refs[:10], refs[10:]])])
+        with pytest.raises(DecodeError, match="gone.raw"):
+            list(engine.iterate([[*refs[:3], SampleRef(tmp_path / "gone.raw", 3)]]))
+    key = SampleRng(5).key
+    expected = reference(imgs, 5, 0, list(range(20)))
+    for i, img in enumerate(imgs):
+        if i % 2 == 0:  # the stage's samples
+            px = img[::-1] if (int(key[0]) + i) % 2 == 1 else img
+            expected[i] = ((px / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+    np.testing.assert_allclose(images.double().numpy(), expected, atol=1e-5)
+    if not processes:
+        assert sum(plan.chunks) >= 20 and max(plan.chunks) < 10  # chunks, not single samples
