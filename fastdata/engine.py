@@ -425,7 +425,8 @@ class BatchEngine:
             )  # fmt: skip
             if isinstance(images, torch.Tensor) and shares_memory(images, buf):
                 images = images.clone(memory_format=self.memory_format)
-            self._outputs.keep(images)
+            if n == self.batch_size:  # a short last batch would push a full one out
+                self._outputs.keep(images)
         finally:
             ring.give_back(job.slot, self._on_cuda)
         collated = self.collate_extras(extras) if self.collate_extras else extras
