@@ -112,6 +112,8 @@ class BatchStream:
         if self.plan is not None:
             shape = tuple(int(v) for v in ds._image_shape())
             self.shape = shape
+            if self.direct:  # NOTE [ Output reuse ]: what is in flight, and the consumer's
+                self._outputs.reserve(self.ahead + 1, self._cap, self._new_output)
             pin = (
                 self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
             )
@@ -164,11 +166,7 @@ class BatchStream:
             cap = self._cap
             full = self._outputs.get(cap)
             if full is None:
-                full = torch.empty(
-                    (cap, 3, *self.shape[:2]),
-                    dtype=self.plan.dtype,
-                    memory_format=self.memory_format,
-                )
+                full = self._new_output()
                 self._outputs.keep(full)
             out = full if n == cap else full[:n]
             del full
@@ -181,6 +179,10 @@ class BatchStream:
         else:
             fut = pool.submit(self._job, b, out)
         return b, fut, (out if self.direct else None), slot
+
+    def _new_output(self) -> torch.Tensor:
+        shape = (self._cap, 3, *self.shape[:2])
+        return torch.empty(shape, dtype=self.plan.dtype, memory_format=self.memory_format)
 
     def _wait(self, fut: Future):
         start = time.perf_counter()
