@@ -6,8 +6,8 @@ another for the crop) costs ~0.2 ms, all of it holding the GIL. ``SmallPngStage`
 the encoded bytes of a whole chunk of samples and does everything after "the bytes of the
 file" in one Numba ``nogil`` call: parse the chunks, inflate the image data with zlib's
 ``uncompress`` (called from nopython code, NOTE [ zlib from Numba ]), unfilter
-in place (:func:`fastdata.png.unfilter_inplace`), draw the crop offsets and flips (NOTE
-[ Counter-based draws ]) and write the crop, read straight from the unfiltered rows, into
+(:func:`fastdata.png.unfilter_into`), draw the crop offsets and flips (NOTE
+[ Counter-based draws ]) and write the crop, read straight from the pixel rows, into
 the caller's uint8 batch slot (as :func:`~fastdata.transforms.kernels.cpu.crop_flip_into`
 does from an RGB array).
 
@@ -42,7 +42,7 @@ import numpy as np
 from llvmlite import binding as llvm
 from numba import njit, types
 
-from fastdata.png import unfilter_inplace
+from fastdata.png import unfilter_into
 from fastdata.transforms.geometry import PAD_MODES
 from fastdata.transforms.kernels.cpu import _pad_index
 
@@ -144,7 +144,7 @@ def _inflate_small_png(data, scratch, inflater):
 
     ``inflater`` is a libdeflate decompressor, or 0 to use zlib.
 
-    Row ``y``'s pixels are then ``raw[y * (w * spp + 1) + 1:][:w * spp]``.
+    ``raw`` holds the pixel rows, ``w * spp`` bytes each.
     """
     empty = scratch[:0]
     n = data.shape[0]
@@ -205,20 +205,21 @@ def _inflate_small_png(data, scratch, inflater):
         ret = _uncompress(
             raw.ctypes.data, got.ctypes.data, compressed.ctypes.data, np.uint64(total)
         )
-    if ret != 0 or got[0] != expected or not unfilter_inplace(raw, h, w * spp, spp):
+    rows = np.empty(h * w * spp, np.uint8)
+    if ret != 0 or got[0] != expected or not unfilter_into(raw, h, w * spp, spp, rows):
         return empty, 0, 0, 0
-    return raw, h, w, spp
+    return rows, h, w, spp
 
 
 @njit(nogil=True, cache=True)
 def _crop_flip_raw(raw, h, w, spp, top, left, flip_y, flip_x, mode, fill, out):
-    """``cpu.crop_flip_into`` reading unfiltered PNG rows (gray replicated, alpha dropped)."""
+    """``cpu.crop_flip_into`` reading PNG pixel rows (gray replicated, alpha dropped)."""
     oh, ow = out.shape[0], out.shape[1]
-    stride = w * spp + 1
+    stride = w * spp
     cols = np.empty(ow, np.int64)
     for x in range(ow):
         sx = _pad_index(left + (ow - 1 - x if flip_x else x), w, mode)
-        cols[x] = -1 if sx < 0 else 1 + sx * spp
+        cols[x] = -1 if sx < 0 else sx * spp
     for y in range(oh):
         sy = _pad_index(top + (oh - 1 - y if flip_y else y), h, mode)
         row = out[y]
