@@ -59,11 +59,11 @@ machine (BENCHMARKS.md, "DataLoader", worker modes):
   bookkeeping), so two threads scaled poorly and ``processes=True`` (``num_threads``
   forked workers writing into a shared-memory ring; only the ``SampleRef`` lists go to
   them and only failures come back, never pixels) won: 6,878 samples/s against 5,610.
-  With the batch-level stage (NOTE [ Batch-level stage ]) a sample costs ~0.07 ms of CPU,
-  ~0.05 ms of it in the ``nogil`` kernel, and threads win: about 17,000 samples/s against
-  10,600 with processes, which pay for pickling the ``SampleRef`` lists and for the pool's
+  With the batch-level stage (NOTE [ Batch-level stage ]) a sample costs ~0.06 ms of CPU,
+  ~0.03 ms of it in the ``nogil`` kernel, and threads win: about 35,000 samples/s against
+  21,000 with processes, which pay for pickling the ``SampleRef`` lists and for the pool's
   queues (``bench_loader.py --workloads cifar --variants compile-threads
-  compile-processes``).
+  compile-processes --reps 3``).
 The loader picks processes for outputs of at most 64x64 pixels unless the plan has a
 batch-level stage and the folder holds PNGs (``worker_mode="auto"``).
 Buffers are reused only when safe: NOTE [ Buffer reuse ] and NOTE [ Output reuse ] in
