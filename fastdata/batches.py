@@ -55,10 +55,19 @@ _POLL_S = 1.0
 
 
 class _Cache:
-    """Shards in memory, loaded once by whichever job needs them first."""
+    """Shards in memory, loaded once by whichever job needs them first.
 
-    def __init__(self, urls: list[str]) -> None:
+    NOTE [ Shards in memory ]
+    A mapped shard counts in the process's resident memory (tens of MB each). ``uses``
+    says how many batch jobs of the epoch read each shard; a job releases the shards it
+    read when it ends, and the last one drops the map. The shard is then unmapped as soon
+    as no job needs it, not when the consumer takes its last batch, which may be several
+    batches later.
+    """
+
+    def __init__(self, urls: list[str], uses: np.ndarray) -> None:
         self.urls, self.maps, self.locks = urls, {}, {}
+        self.uses = uses.tolist()
         self._lock = threading.Lock()
 
     def get(self, shard: int) -> ShardMap:
@@ -69,8 +78,11 @@ class _Cache:
                 self.maps[shard] = load_shard(self.urls[shard])
             return self.maps[shard]
 
-    def drop(self, shard: int) -> None:
-        self.maps.pop(shard, None)
+    def release(self, shard: int) -> None:
+        with self._lock:
+            self.uses[shard] -= 1
+            if self.uses[shard] <= 0:
+                self.maps.pop(shard, None)
 
 
 class BatchStream:
@@ -97,8 +109,7 @@ class BatchStream:
         self.device = torch.device(device) if device is not None else None
         self.memory_format = memory_format
         self.plan = ds.plan
-        self.cache = _Cache(ds.urls)
-        self.last_use = schedule.last_use(len(ds.urls))
+        self.cache = _Cache(ds.urls, _uses(schedule, first, len(ds.urls)))
         self.rngs = SampleRng(ds.seed, epoch, rank, 0)
         self.key = param_key(ds.seed, epoch, rank)
         self.direct = (
@@ -147,8 +158,6 @@ class BatchStream:
                 if not self.direct and self.plan is not None:
                     images = self._finish(slot, len(extras[0]) if extras else None, b)
                 self.stats.wait_s += time.perf_counter() - t0
-                for shard in np.flatnonzero(self.last_use == b):
-                    self.cache.drop(int(shard))
                 n = int(self.s.starts[b + 1] - self.s.starts[b])
                 self.stats.batches += 1
                 self.stats.samples += n
@@ -212,7 +221,16 @@ class BatchStream:
     def _job(self, b: int, out: Any) -> tuple[Any, list]:
         lo, hi = int(self.s.starts[b]), int(self.s.starts[b + 1])
         shard, member = self.s.shard[lo:hi], self.s.member[lo:hi]
-        maps = {int(s): self.cache.get(int(s)) for s in np.unique(shard)}
+        maps: dict[int, ShardMap] = {}
+        try:
+            for s in np.unique(shard).tolist():
+                maps[s] = self.cache.get(s)
+            return self._fill(lo, shard, member, maps, out)
+        finally:  # NOTE [ Shards in memory ]
+            for s in maps:
+                self.cache.release(s)
+
+    def _fill(self, lo: int, shard, member, maps: dict, out: Any) -> tuple[Any, list]:
         errors: dict[int, Exception] = {}
         for s, smap in maps.items():
             rows = np.flatnonzero(shard == s)
@@ -403,6 +421,13 @@ _IDENTITY = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
 def ds_batch(schedule: Schedule) -> int:
     """The largest batch of a schedule (ring buffers are allocated for it)."""
     return int(np.diff(schedule.starts).max()) if schedule.batches else 1
+
+
+def _uses(schedule: Schedule, first: int, n_shards: int) -> np.ndarray:
+    """Per shard, how many batches from ``first`` on read it (NOTE [ Shards in memory ])."""
+    batch_of = np.repeat(np.arange(schedule.batches), np.diff(schedule.starts))
+    pairs = np.unique(batch_of * n_shards + schedule.shard)
+    return np.bincount(pairs[pairs // n_shards >= first] % n_shards, minlength=n_shards)
 
 
 def _is_run(rows: np.ndarray) -> bool:

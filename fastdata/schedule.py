@@ -52,13 +52,6 @@ class Schedule:
         """Number of batches."""
         return len(self.starts) - 1
 
-    def last_use(self, n_shards: int) -> np.ndarray:
-        """Per shard, the last batch that reads it (-1: none)."""
-        batch_of = np.repeat(np.arange(self.batches), np.diff(self.starts))
-        last = np.full(n_shards, -1, np.int64)
-        np.maximum.at(last, self.shard, batch_of)
-        return last
-
 
 def epoch_schedule(
     counts: Sequence[int],
