@@ -86,11 +86,17 @@ def epoch_schedule(
     sizes = np.array([len(s) for s, _ in picked], np.int64)
     starts = np.zeros(len(picked) + 1, np.int64)
     np.cumsum(sizes, out=starts[1:])
-    cat = (lambda i: np.concatenate([p[i] for p in picked])) if picked else (lambda i: np.empty(0, np.int64))
+    cat = (
+        (lambda i: np.concatenate([p[i] for p in picked]))
+        if picked
+        else (lambda i: np.empty(0, np.int64))
+    )
     return Schedule(cat(0), cat(1), starts)
 
 
-def _slot_batches(counts, order, seed, epoch, rank, world, worker, workers, batch_size, drop_last, window):
+def _slot_batches(
+    counts, order, seed, epoch, rank, world, worker, workers, batch_size, drop_last, window
+):
     """One slot's batches as ``(shard, member)`` array pairs."""
     a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
     sizes = np.array([counts[s] for s in a.shards], np.int64)
