@@ -257,7 +257,8 @@ class BatchStream:
         slow: list[int] = []
         for s, smap in maps.items():
             rows = np.flatnonzero((shard == s) & (member < smap.n))
-            rows = np.array([r for r in rows if int(r) not in errors], np.int64)
+            if errors:
+                rows = rows[~np.isin(rows, np.fromiter(errors, np.int64, len(errors)))]
             if len(rows) == 0:
                 continue
             ext, fast = self._fast_rows(s, smap, member[rows])
