@@ -4,8 +4,8 @@ A 32x32 PNG costs a few microseconds of pixel work, but decoding it sample by sa
 from Python (a generator reset, ``zlib.decompress``, a Numba dispatch for the unfilter,
 another for the crop) costs ~0.2 ms, all of it holding the GIL. ``SmallPngStage`` takes
 the encoded bytes of a whole chunk of samples and does everything after "the bytes of the
-file" in one Numba ``nogil`` call: parse the chunks, inflate the image data with zlib's
-``uncompress`` (called from nopython code, NOTE [ zlib from Numba ]), unfilter
+file" in one Numba ``nogil`` call: parse the chunks, inflate the image data (libdeflate or
+zlib, called from nopython code, NOTE [ zlib from Numba ]), unfilter
 (:func:`fastdata.png.unfilter_into`), draw the crop offsets and flips (NOTE
 [ Counter-based draws ]) and write the crop, read straight from the pixel rows, into
 the caller's uint8 batch slot (as :func:`~fastdata.transforms.kernels.cpu.crop_flip_into`
@@ -140,11 +140,10 @@ def _be32(data, pos):
 
 @njit(nogil=True, cache=True)
 def _inflate_small_png(data, scratch, inflater):
-    """Inflates and unfilters one PNG: ``(raw, h, w, spp)``, ``h == 0`` to decline.
+    """Inflates and unfilters one PNG: ``(rows, h, w, spp)``, ``h == 0`` to decline.
 
-    ``inflater`` is a libdeflate decompressor, or 0 to use zlib.
-
-    ``raw`` holds the pixel rows, ``w * spp`` bytes each.
+    ``rows`` holds the ``h`` pixel rows, ``w * spp`` bytes each. ``inflater`` is a
+    libdeflate decompressor, or 0 to use zlib.
     """
     empty = scratch[:0]
     n = data.shape[0]
@@ -165,7 +164,7 @@ def _inflate_small_png(data, scratch, inflater):
     if depth != 8 or data[26] != 0 or data[27] != 0 or data[28] != 0 or h < 1 or w < 1:
         return empty, 0, 0, 0
     spp = 1 if ctype == 0 else 3 if ctype == 2 else 2 if ctype == 4 else 4 if ctype == 6 else 0
-    if spp == 0 or h * (w * spp + 1) > _MAX_RAW:
+    if spp == 0 or h > _MAX_RAW or w > _MAX_RAW or h * (w * spp + 1) > _MAX_RAW:
         return empty, 0, 0, 0
     # Chunks: gather the IDAT payloads (a single one is inflated where it lies).
     pos, first, total, pieces, ended = 8, 0, 0, 0, False
@@ -212,7 +211,7 @@ def _inflate_small_png(data, scratch, inflater):
 
 
 @njit(nogil=True, cache=True)
-def _crop_flip_raw(raw, h, w, spp, top, left, flip_y, flip_x, mode, fill, out):
+def _crop_flip_rows(rows, h, w, spp, top, left, flip_y, flip_x, mode, fill, out):
     """``cpu.crop_flip_into`` reading PNG pixel rows (gray replicated, alpha dropped)."""
     oh, ow = out.shape[0], out.shape[1]
     stride = w * spp
@@ -229,13 +228,13 @@ def _crop_flip_raw(raw, h, w, spp, top, left, flip_y, flip_x, mode, fill, out):
             if sy < 0 or c < 0:
                 row[x, 0], row[x, 1], row[x, 2] = fill[0], fill[1], fill[2]
             elif spp < 3:
-                v = raw[base + c]
+                v = rows[base + c]
                 row[x, 0], row[x, 1], row[x, 2] = v, v, v
             else:
                 row[x, 0], row[x, 1], row[x, 2] = (
-                    raw[base + c],
-                    raw[base + c + 1],
-                    raw[base + c + 2],
+                    rows[base + c],
+                    rows[base + c + 1],
+                    rows[base + c + 2],
                 )
 
 
@@ -277,7 +276,7 @@ def decode_crop_flip(
     inflater = _deflate_alloc() if deflate else np.uintp(0)
     for i in range(starts.shape[0]):
         done[i] = DECLINED
-        raw, h, w, spp = _inflate_small_png(flat[starts[i] : ends[i]], scratch, inflater)
+        rows, h, w, spp = _inflate_small_png(flat[starts[i] : ends[i]], scratch, inflater)
         if h == 0:
             continue
         s = _stream(key, indices[i])
@@ -289,7 +288,7 @@ def decode_crop_flip(
         for k in range(flip_p.shape[0]):
             if _uniform(s, 2 + k) < flip_p[k]:
                 flips[flip_axis[k]] = not flips[flip_axis[k]]
-        _crop_flip_raw(raw, h, w, spp, top, left, flips[0], flips[1], geom[7], fill, out[i])
+        _crop_flip_rows(rows, h, w, spp, top, left, flips[0], flips[1], geom[7], fill, out[i])
         params[i, 0], params[i, 1], params[i, 2], params[i, 3] = top, left, flips[0], flips[1]
         done[i] = DONE
     if inflater != 0:
@@ -336,13 +335,14 @@ class SmallPngStage:
         """
         n = len(sources)
         blobs = [s if isinstance(s, (bytes, bytearray, memoryview)) else b"" for s in sources]
-        ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
-        starts = ends - np.array([len(b) for b in blobs], np.int64)
+        sizes = np.array([memoryview(b).nbytes for b in blobs], np.int64)
+        ends = np.cumsum(sizes)
         flat = np.frombuffer(b"".join(blobs), np.uint8)
         done = np.zeros(n, np.uint8)
         params = np.zeros((n, 4), np.int64)
+        key = np.asarray(key, np.uint64)
         decode_crop_flip(
-            flat, starts, ends, np.asarray(indices, np.int64), key, self.geom,
+            flat, ends - sizes, ends, np.asarray(indices, np.int64), key, self.geom,
             self.flip_p, self.flip_axis, self.fill, out, done, params, self.deflate,
         )  # fmt: skip
         return done.astype(bool), params
