@@ -267,11 +267,8 @@ class BatchStream:
                 sel = rows[fast]
                 offsets = smap.fields[ext][0][member[sel]] + layout[0]
                 params = draw_params(layout[4], self.key, lo + sel)
-                dst = arr[sel] if not _is_run(sel) else arr[sel[0] : sel[-1] + 1]
-                gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, dst,
-                            self.nchw and self.direct, self.affine)  # fmt: skip
-                if not _is_run(sel):
-                    arr[sel] = dst
+                gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, arr,
+                            self.nchw and self.direct, self.affine, sel)  # fmt: skip
                 rows = rows[~fast]
             slow += [int(r) for r in rows]
         self._per_sample(lo, slow, shard, member, maps, arr, errors)
@@ -429,10 +426,6 @@ def _uses(schedule: Schedule, first: int, n_shards: int) -> np.ndarray:
     batch_of = np.repeat(np.arange(schedule.batches), np.diff(schedule.starts))
     pairs = np.unique(batch_of * n_shards + schedule.shard)
     return np.bincount(pairs[pairs // n_shards >= first] % n_shards, minlength=n_shards)
-
-
-def _is_run(rows: np.ndarray) -> bool:
-    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1
 
 
 def _npy_layout(smap: ShardMap, ext: str, sample_ops: list, shape: tuple):

@@ -176,16 +176,16 @@ def affine_table(lut: np.ndarray, mean, std, scale: bool) -> tuple[np.ndarray, n
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return None
     got = np.empty((1, 3, 256), np.float32)
-    _affine_planes(
-        np.tile(np.arange(256, dtype=np.uint8), 3), np.zeros(1, np.int64), 256, a, b, got
-    )
+    zero = np.zeros(1, np.int64)
+    _affine_planes(np.tile(np.arange(256, dtype=np.uint8), 3), zero, zero, 256, a, b, got)
     return (a, b) if np.array_equal(got[0], lut) else None
 
 
 def gather_into(
-    data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, out, nchw: bool, affine=None
-) -> None:
-    """Writes the batch: ``out[i]`` from the ``(h, w, 3)`` (or ``(3, h, w)``) uint8 pixels at ``offsets[i]``.
+    data, offsets, chw: bool, h: int, w: int, p: Params, fill, lut, out, nchw: bool, affine=None,
+    rows=None,
+) -> None:  # fmt: skip
+    """Writes ``out[rows[i]]`` from the ``(h, w, 3)`` (or ``(3, h, w)``) uint8 pixels at ``offsets[i]``.
 
     Args:
         data: the shard's bytes (uint8).
@@ -198,19 +198,24 @@ def gather_into(
         out: ``(N, 3, H, W)`` when ``nchw`` else ``(N, H, W, 3)``, C-contiguous.
         nchw: layout of ``out``.
         affine: ``affine_table(lut, ...)``, or None (NOTE [ Affine planes ]).
+        rows: int64 row of ``out`` for each sample (default ``0..len(offsets)-1``): the
+            samples of one shard in a batch of several need not be adjacent, and are
+            written in place, without a gathered copy.
     """
-    n, hw = len(offsets), h * w
+    hw = h * w
+    rows = np.arange(len(offsets), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     if chw and nchw and out.flags.c_contiguous and out.shape[2:] == (h, w) and not _moves(p):
+        planes = out.reshape(len(out), 3, hw)
         if affine is not None:
-            _affine_planes(data, offsets, hw, affine[0], affine[1], out.reshape(n, 3, hw))
+            _affine_planes(data, offsets, rows, hw, affine[0], affine[1], planes)
         else:
-            _copy_planes(data, offsets, hw, lut, out.reshape(n, 3, hw))  # NOTE [ Whole planes ]
+            _copy_planes(data, offsets, rows, hw, lut, planes)  # NOTE [ Whole planes ]
         return
     fill = np.asarray(fill, np.uint8)
     if not chw and nchw:  # NOTE [ Whole planes ]: channels-last pixels into planes
-        _gather_hwc(data, offsets, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out)
+        _gather_hwc(data, offsets, rows, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out)
         return
-    _gather(data, offsets, chw, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out, nchw)
+    _gather(data, offsets, rows, chw, h, w, p.oy, p.ox, p.hf, p.vf, fill, lut, out, nchw)
 
 
 def _moves(p: Params) -> bool:
@@ -218,7 +223,7 @@ def _moves(p: Params) -> bool:
 
 
 @njit(nogil=True, cache=True)
-def _gather_hwc(data, offsets, h, w, oy, ox, hf, vf, fill, lut, out):
+def _gather_hwc(data, offsets, rows, h, w, oy, ox, hf, vf, fill, lut, out):
     """``_gather`` for ``(h, w, 3)`` sources and an NCHW ``out``: one pass per source row."""
     H, W = out.shape[2], out.shape[3]
     t0, t1, t2 = lut[0], lut[1], lut[2]
@@ -229,7 +234,7 @@ def _gather_hwc(data, offsets, h, w, oy, ox, hf, vf, fill, lut, out):
         full = sx.min() >= 0 and sx.max() < w
         for y in range(H):
             sy = oy[i] + (H - 1 - y if vf[i] else y)
-            r0, r1, r2 = out[i, 0, y], out[i, 1, y], out[i, 2, y]
+            r0, r1, r2 = out[rows[i], 0, y], out[rows[i], 1, y], out[rows[i], 2, y]
             if sy < 0 or sy >= h:
                 r0[:], r1[:], r2[:] = t0[fill[0]], t1[fill[1]], t2[fill[2]]
                 continue
@@ -243,29 +248,29 @@ def _gather_hwc(data, offsets, h, w, oy, ox, hf, vf, fill, lut, out):
 
 
 @njit(nogil=True, cache=True)
-def _copy_planes(data, offsets, hw, lut, out):
-    """``out[i, c, k] = lut[c, data[offsets[i] + c * hw + k]]``: channels-first pixels, no crop or flip."""
+def _copy_planes(data, offsets, rows, hw, lut, out):
+    """``out[rows[i], c, k] = lut[c, data[offsets[i] + c * hw + k]]``: channels-first, no crop or flip."""
     for i in range(len(offsets)):
         for c in range(3):
             base = offsets[i] + c * hw
-            table, src, dst = lut[c], data[base : base + hw], out[i, c]
+            table, src, dst = lut[c], data[base : base + hw], out[rows[i], c]
             for k in range(hw):  # slices indexed by a range: no negative-index checks
                 dst[k] = table[src[k]]
 
 
 @njit(nogil=True, cache=True)
-def _affine_planes(data, offsets, hw, a, b, out):
-    """``out[i, c, k] = float32(data[offsets[i] + c * hw + k] * a[c] + b[c])`` (NOTE [ Affine planes ])."""
+def _affine_planes(data, offsets, rows, hw, a, b, out):
+    """``out[rows[i], c, k] = float32(data[offsets[i] + c * hw + k] * a[c] + b[c])`` (NOTE [ Affine planes ])."""
     for i in range(len(offsets)):
         for c in range(3):
             base = offsets[i] + c * hw
-            ac, bc, src, dst = a[c], b[c], data[base : base + hw], out[i, c]
+            ac, bc, src, dst = a[c], b[c], data[base : base + hw], out[rows[i], c]
             for k in range(hw):
                 dst[k] = np.float32(np.float64(src[k]) * ac + bc)
 
 
 @njit(nogil=True, cache=True)
-def _gather(data, offsets, chw, h, w, oy, ox, hf, vf, fill, lut, out, nchw):
+def _gather(data, offsets, rows, chw, h, w, oy, ox, hf, vf, fill, lut, out, nchw):
     n = len(offsets)
     H = out.shape[2] if nchw else out.shape[1]
     W = out.shape[3] if nchw else out.shape[2]
@@ -279,7 +284,7 @@ def _gather(data, offsets, chw, h, w, oy, ox, hf, vf, fill, lut, out, nchw):
             sy = oy[i] + (H - 1 - y if vf[i] else y)
             for c in range(3):
                 table = lut[c]
-                row = out[i, c, y] if nchw else out[i, y, :, c]
+                row = out[rows[i], c, y] if nchw else out[rows[i], y, :, c]
                 if sy < 0 or sy >= h:
                     row[:] = table[fill[c]]
                     continue

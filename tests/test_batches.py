@@ -191,15 +191,42 @@ def test_affine_planes_equal_the_table_bit_for_bit(mean, std, scale, seed):
     data = rng.integers(0, 256, 5 * 3 * 70, dtype=np.uint8)
     offsets = rng.permutation(5).astype(np.int64) * 210
     want, got = np.empty((5, 3, 70), np.float32), np.empty((5, 3, 70), np.float32)
-    _copy_planes(data, offsets, 70, lut, want)
+    rows = rng.permutation(5).astype(np.int64)  # sample i goes to row rows[i]
+    _copy_planes(data, offsets, rows, 70, lut, want)
     expect = (data[offsets[:, None, None] + np.arange(3)[:, None] * 70 + np.arange(70)] / (255.0 if scale else 1.0)
               - np.array(mean)[:, None]) / np.array(std)[:, None]  # fmt: skip
-    np.testing.assert_allclose(want, expect, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(want[rows], expect, rtol=1e-6, atol=1e-6)
     if affine is not None:
-        _affine_planes(data, offsets, 70, affine[0], affine[1], got)
+        _affine_planes(data, offsets, rows, 70, affine[0], affine[1], got)
         assert np.array_equal(got, want)
     wrong = lut.copy()
     wrong[1, 17] = np.nextafter(wrong[1, 17], np.float32(np.inf))
-    assert (
-        affine_table(wrong, mean, std, scale) is None
-    )  # a table it does not reproduce: the table kernel
+    # a table it does not reproduce: the table kernel runs instead
+    assert affine_table(wrong, mean, std, scale) is None
+
+
+@pytest.mark.parametrize("chw", [False, True])
+def test_uint8_batches_mixing_shards_match_numpy_reference(tmp_path, chw):
+    # windows of two shards: a batch's samples of one shard are not adjacent rows
+    urls, pixels = write_raw(tmp_path, 30, 7, chw, seed=11 + int(chw))
+    ops = [T.RandomCrop((8, 9), padding=2), T.RandomHorizontalFlip()]
+    ds = ShardDataset(
+        urls, transform=T.Compose(ops), fields=("__key__",), shuffle=True, buffer_size=12, seed=4
+    )
+    spec, key, pos, mixed = crop_spec(ops, 10, 12), param_key(4, 0, 0), 0, 0
+    for images, keys in ds.iter_batches(8, num_workers=2):
+        p = draw_params(spec, key, np.arange(pos, pos + len(keys)))
+        shards = [int(k[1:]) // 7 for k in keys]
+        mixed += (
+            sum(a != b for a, b in zip(shards, shards[1:], strict=False)) > len(set(shards)) - 1
+        )
+        for r, k in enumerate(keys):
+            canvas = np.zeros((14, 16, 3), np.uint8)
+            canvas[2:12, 2:14] = pixels[k]
+            crop = canvas[2 + p.oy[r] : 2 + p.oy[r] + 8, 2 + p.ox[r] : 2 + p.ox[r] + 9]
+            expect = torch.from_numpy(
+                np.ascontiguousarray(crop[:, ::-1] if p.hf[r] else crop)
+            ).permute(2, 0, 1)
+            assert torch.equal(images[r], expect), k
+        pos += len(keys)
+    assert pos == 30 and mixed > 0
