@@ -29,7 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastdata import roi
 from fastdata.decode import decode_image, image_format, image_size
+from fastdata.errors import DecodeError
 from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
 from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
 from fastdata.transforms.ops import (
@@ -264,7 +266,38 @@ class Plan:
             return
         geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
         _check_out(out, geom.size())
+        if arr is None and self._render_region(src, geom, out, url, key, field):
+            return
         self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
+
+    def _render_region(self, src, geom: Geometry, out: np.ndarray, url, key, field) -> bool:
+        """Decode only the source pixels the output needs, then resample (NOTE [ Decoding
+        only the crop ] in :mod:`fastdata.roi`); False where it does not apply (not a
+        JPEG, DCT scaling applies, no region decoder here, a CMYK JPEG)."""
+        if image_format(src) != "jpeg" or (self.reduce and geom.reducible() is not None):
+            return False
+        if not roi.available():
+            return False
+        (yl, ylen, yn, yrows, kind, aa), (xl, xlen, xn, xrows, _, _) = geom.axes()
+        height, width = geom.source
+        ys, yc, yw = _axis_table(height, yl, ylen, yn, yrows, kind, aa)
+        xs, xc, xw = _axis_table(width, xl, xlen, xn, xrows, kind, aa)
+        if not yc.any() or not xc.any():
+            return False  # only padding: nothing to decode
+        top, bottom = int(ys[yc > 0].min()), int((ys + yc)[yc > 0].max())
+        left, right = int(xs[xc > 0].min()), int((xs + xc)[xc > 0].max())
+        try:
+            got = roi.decode_region(src, top, left, bottom - top, right - left)
+        except DecodeError as exc:
+            raise DecodeError(url, key, field, exc.message) from exc
+        if got is None:
+            return False
+        pixels, used_left = got
+        fill = np.asarray(geom.fill, np.uint8)
+        cpu.resample_into(
+            pixels, ys - top, yc, yw, xs - used_left, xc, xw, fill, np.float32(geom.gain), out
+        )
+        return True
 
     def sample(self, src, rng: np.random.Generator) -> np.ndarray:
         """Like :meth:`sample_into` but allocates the output (its size may vary with the input)."""
