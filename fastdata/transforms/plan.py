@@ -282,10 +282,10 @@ class Plan:
         height, width = geom.source
         ys, yc, yw = _axis_table(height, yl, ylen, yn, yrows, kind, aa)
         xs, xc, xw = _axis_table(width, xl, xlen, xn, xrows, kind, aa)
-        if not yc.any() or not xc.any():
+        top, bottom = cpu.extent(ys, yc)
+        left, right = cpu.extent(xs, xc)
+        if bottom <= top or right <= left:
             return False  # only padding: nothing to decode
-        top, bottom = int(ys[yc > 0].min()), int((ys + yc)[yc > 0].max())
-        left, right = int(xs[xc > 0].min()), int((xs + xc)[xc > 0].max())
         try:
             got = roi.decode_region(src, top, left, bottom - top, right - left)
         except DecodeError as exc:

@@ -198,6 +198,17 @@ def _resample_generic(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
         _horizontal(acc, x0, xs, xc, xw, gain, fill, dst[oy])
 
 
+@njit(nogil=True, cache=True)
+def extent(starts, counts):
+    """``(lo, hi)``: the source pixels an axis table reads, ``(0, 0)`` if it reads none."""
+    lo, hi = 1 << 62, 0
+    for o in range(starts.shape[0]):
+        if counts[o] > 0:
+            lo = min(lo, starts[o])
+            hi = max(hi, starts[o] + counts[o])
+    return (lo, hi) if hi > 0 else (0, 0)
+
+
 MAX_FIXED_TAPS = 16
 _FIXED: dict[int, Any] = {}
 
