@@ -172,13 +172,7 @@ class BatchStream:
         n = int(self.s.starts[b + 1] - self.s.starts[b])
         out = slot = None
         if self.direct:  # NOTE [ Output reuse ]: pooled batches of the largest size, sliced
-            cap = self._cap
-            full = self._outputs.get(cap)
-            if full is None:
-                full = self._new_output()
-                self._outputs.keep(full)
-            out = full if n == cap else full[:n]
-            del full
+            out = self._outputs.batch(n, self._cap, self._new_output)
         elif self._ring is not None:
             slot = self._ring.take(n)
             out = self._ring.tensors[slot]

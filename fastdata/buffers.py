@@ -111,6 +111,18 @@ class OutputPool:
                 return self.tensors[i]
         return None
 
+    def batch(self, n: int, cap: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The first ``n`` samples of a pooled batch of ``cap`` nobody holds, else of ``make()``.
+
+        Batches of every size come from full-size buffers, so a short last batch neither
+        misses the pool nor pushes a full buffer out of it.
+        """
+        full = self.get(cap)
+        if full is None:
+            full = make()
+            self.keep(full)
+        return full if n == cap else full[:n]
+
     def reserve(self, count: int, n: int, make: Callable[[], torch.Tensor]) -> None:
         """Fills the pool up to ``count`` batches of ``n`` samples from ``make()``, faulted in now.
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from fastdata.errors import DecodeError
 
-__all__ = ["available", "decode_region", "jpeg_size"]
+__all__ = ["available", "decode_region"]
 
 _SOURCE = Path(__file__).with_name("roijpeg.c")
 _ERRLEN = 256
@@ -80,19 +80,10 @@ def _build() -> ctypes.CDLL | None:
         return None
     u8p, intp = ctypes.POINTER(ctypes.c_ubyte), ctypes.POINTER(ctypes.c_int)
     lib.fd_decode_region.argtypes = [
-        ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
         u8p, ctypes.c_ulong, intp, intp, ctypes.c_char_p, ctypes.c_int,
     ]  # fmt: skip
     lib.fd_decode_region.restype = ctypes.c_int
-    lib.fd_header.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_ulong,
-        intp,
-        intp,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
-    lib.fd_header.restype = ctypes.c_int
     return lib
 
 
@@ -109,23 +100,6 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether region decoding works here (builds the library on first call)."""
     return _library() is not None
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """``(height, width)`` from the JPEG header.
-
-    Raises:
-        DecodeError: the header cannot be read.
-    """
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("region decoding is not available (see fastdata.roi.available())")
-    h, w, err = ctypes.c_int(), ctypes.c_int(), ctypes.create_string_buffer(_ERRLEN)
-    if lib.fd_header(bytes(data), len(data), ctypes.byref(h), ctypes.byref(w), err, _ERRLEN) != 0:
-        raise DecodeError(
-            None, None, None, f"not a readable JPEG: {err.value.decode(errors='replace')}"
-        )
-    return h.value, w.value
 
 
 def decode_region(
@@ -162,9 +136,9 @@ def decode_region(
         buf = _local.buf = np.empty(max(need, 1 << 20), np.uint8)
     used_left, used_w = ctypes.c_int(), ctypes.c_int()
     err = ctypes.create_string_buffer(_ERRLEN)
-    raw = data if isinstance(data, bytes) else bytes(data)
+    raw = np.frombuffer(data, np.uint8)  # bytes or a shard's memoryview, not copied
     status = lib.fd_decode_region(
-        raw, len(raw), top, left, height, width,
+        raw.ctypes.data, raw.nbytes, top, left, height, width,
         buf.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)), buf.nbytes,
         ctypes.byref(used_left), ctypes.byref(used_w), err, _ERRLEN,
     )  # fmt: skip

@@ -39,28 +39,6 @@ static void fd_emit_message(j_common_ptr cinfo, int level) {
     }
 }
 
-/* Image size without decoding: returns 0 and sets *h, *w, or -1. */
-int fd_header(const unsigned char *data, unsigned long size, int *h, int *w, char *err, int errlen) {
-    struct jpeg_decompress_struct cinfo;
-    struct fd_error jerr;
-    cinfo.err = jpeg_std_error(&jerr.mgr);
-    jerr.mgr.error_exit = fd_error_exit;
-    jerr.mgr.emit_message = fd_emit_message;
-    jerr.msg = err;
-    jerr.msglen = errlen;
-    if (setjmp(jerr.jump)) {
-        jpeg_destroy_decompress(&cinfo);
-        return -1;
-    }
-    jpeg_create_decompress(&cinfo);
-    jpeg_mem_src(&cinfo, data, size);
-    jpeg_read_header(&cinfo, TRUE);
-    *h = (int)cinfo.image_height;
-    *w = (int)cinfo.image_width;
-    jpeg_destroy_decompress(&cinfo);
-    return 0;
-}
-
 /* Decode a region into `out` (capacity `cap` bytes), rows of *out_w RGB pixels.
  * On success returns 0, with *out_left/*out_w the column range written (it contains
  * [left, left + width)). Returns -1 on a decoding error, -2 if `out` is too small or the

@@ -278,12 +278,9 @@ class Plan:
             return False
         if not roi.available():
             return False
-        (yl, ylen, yn, yrows, kind, aa), (xl, xlen, xn, xrows, _, _) = geom.axes()
-        height, width = geom.source
-        ys, yc, yw = _axis_table(height, yl, ylen, yn, yrows, kind, aa)
-        xs, xc, xw = _axis_table(width, xl, xlen, xn, xrows, kind, aa)
-        top, bottom = cpu.extent(ys, yc)
-        left, right = cpu.extent(xs, xc)
+        tables = self._tables(geom, *geom.source)
+        top, bottom = cpu.extent(tables[0][0], tables[0][1])
+        left, right = cpu.extent(tables[1][0], tables[1][1])
         if bottom <= top or right <= left:
             return False  # only padding: nothing to decode
         try:
@@ -293,10 +290,7 @@ class Plan:
         if got is None:
             return False
         pixels, used_left = got
-        fill = np.asarray(geom.fill, np.uint8)
-        cpu.resample_into(
-            pixels, ys - top, yc, yw, xs - used_left, xc, xw, fill, np.float32(geom.gain), out
-        )
+        self._render(pixels, geom, out, tables, top, used_left)
         return True
 
     def sample(self, src, rng: np.random.Generator) -> np.ndarray:
@@ -311,12 +305,34 @@ class Plan:
         return out
 
     @staticmethod
-    def _render(arr: np.ndarray, geom: Geometry, out: np.ndarray) -> None:
+    def _tables(geom: Geometry, height: int, width: int) -> tuple[tuple, tuple]:
+        """The resampling tables of both axes for a source of ``height`` x ``width``."""
         (yl, ylen, yn, yrows, kind, aa), (xl, xlen, xn, xrows, _, _) = geom.axes()
-        ytab = _axis_table(arr.shape[0], yl, ylen, yn, yrows, kind, aa)
-        xtab = _axis_table(arr.shape[1], xl, xlen, xn, xrows, kind, aa)
+        return (
+            _axis_table(height, yl, ylen, yn, yrows, kind, aa),
+            _axis_table(width, xl, xlen, xn, xrows, kind, aa),
+        )
+
+    @staticmethod
+    def _render(
+        arr: np.ndarray, geom: Geometry, out: np.ndarray, tables=None, top=0, left=0
+    ) -> None:
+        """Resample ``arr`` into ``out``; ``arr`` holds the source from row ``top`` and
+        column ``left`` on, and ``tables`` (default: made for ``arr``) index the source."""
+        (ys, yc, yw), (xs, xc, xw) = tables or Plan._tables(geom, *arr.shape[:2])
         fill = np.asarray(geom.fill, np.uint8)
-        cpu.resample_into(np.ascontiguousarray(arr), *ytab, *xtab, fill, np.float32(geom.gain), out)
+        cpu.resample_into(
+            np.ascontiguousarray(arr),
+            ys - top,
+            yc,
+            yw,
+            xs - left,
+            xc,
+            xw,
+            fill,
+            np.float32(geom.gain),
+            out,
+        )
 
     @property
     def out_dtype(self) -> torch.dtype:

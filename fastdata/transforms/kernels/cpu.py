@@ -153,6 +153,24 @@ def _to_u8(v):
     return np.uint8(min(max(v + np.float32(0.5), np.float32(0.0)), np.float32(255.0)))
 
 
+@njit(nogil=True, cache=True)
+def extent(starts, counts):
+    """``(lo, hi)``: the source pixels an axis table reads, ``(0, 0)`` if it reads none."""
+    lo, hi = 1 << 62, 0
+    for o in range(starts.shape[0]):
+        if counts[o] > 0:
+            lo = min(lo, starts[o])
+            hi = max(hi, starts[o] + counts[o])
+    return (lo, hi) if hi > 0 else (0, 0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fill_row(row, fill):
+    nc = fill.shape[0]
+    for i in range(row.shape[0]):
+        row[i] = fill[i % nc]
+
+
 def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
     """Separable resampling of an HWC RGB uint8 image into an HWC uint8 slot.
 
@@ -180,33 +198,16 @@ def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
 def _resample_generic(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
     """:func:`resample_into` for any tap count and channel count."""
     h, w, nc = out.shape
-    x0 = src.shape[1]
-    x1 = 0
-    for o in range(w):
-        if xc[o] > 0:
-            x0 = min(x0, xs[o])
-            x1 = max(x1, xs[o] + xc[o])
+    x0, x1 = extent(xs, xc)
     flat = src.reshape(src.shape[0], src.shape[1] * nc)
     dst = out.reshape(h, w * nc)
     acc = np.zeros(max(x1 - x0, 1) * nc, np.float32)
     for oy in range(h):
         if yc[oy] == 0:
-            for i in range(w * nc):
-                dst[oy, i] = fill[i % nc]
+            _fill_row(dst[oy], fill)
             continue
         _vertical(flat, ys[oy], yc[oy], yw[oy], x0 * nc, acc[: max(x1 - x0, 0) * nc])
         _horizontal(acc, x0, xs, xc, xw, gain, fill, dst[oy])
-
-
-@njit(nogil=True, cache=True)
-def extent(starts, counts):
-    """``(lo, hi)``: the source pixels an axis table reads, ``(0, 0)`` if it reads none."""
-    lo, hi = 1 << 62, 0
-    for o in range(starts.shape[0]):
-        if counts[o] > 0:
-            lo = min(lo, starts[o])
-            hi = max(hi, starts[o] + counts[o])
-    return (lo, hi) if hi > 0 else (0, 0)
 
 
 MAX_FIXED_TAPS = 16
@@ -257,12 +258,7 @@ def _make_fixed_resampler(taps: int):
     @njit(nogil=True, cache=True)
     def resample(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
         h, w, nc = out.shape
-        x0 = src.shape[1]
-        x1 = 0
-        for o in range(w):
-            if xc[o] > 0:
-                x0 = min(x0, xs[o])
-                x1 = max(x1, xs[o] + xc[o])
+        x0, x1 = extent(xs, xc)
         x0 = max(min(x0, x1 - taps), 0)  # room for a whole padded run of taps
         x1 = max(x1, min(x0 + taps, src.shape[1]))
         offs = np.zeros(w, np.int64)
@@ -281,8 +277,7 @@ def _make_fixed_resampler(taps: int):
         acc = np.zeros(max(x1 - x0, taps) * nc, np.float32)
         for oy in range(h):
             if yc[oy] == 0:
-                for i in range(w * nc):
-                    dst[oy, i] = fill[i % nc]
+                _fill_row(dst[oy], fill)
                 continue
             _vertical(flat, ys[oy], yc[oy], yw[oy], x0 * nc, acc[: (x1 - x0) * nc])
             horizontal(acc, offs, wpad, filled, gain, fill, dst[oy])
