@@ -32,8 +32,6 @@ float16 and bfloat16 outputs are written as their 16-bit patterns.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 from numba import njit, prange
 
@@ -176,7 +174,7 @@ def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
 
     Row by row: a vertical pass over the needed source columns (contiguous, vectorised)
     into a float32 row, then a horizontal pass that rounds half up into the output row.
-    The horizontal pass runs a kernel compiled for the table's tap count (NOTE [ One
+    The horizontal pass runs a loop compiled for the table's tap count (NOTE [ One
     horizontal kernel per tap count ]).
 
     Args:
@@ -189,7 +187,7 @@ def resample_into(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
     """
     taps = int(xc.max()) if xc.shape[0] else 0
     if 0 < taps <= MAX_FIXED_TAPS and src.shape[2] == 3:
-        _fixed_resampler(taps)(src, ys, yc, yw, xs, xc, xw, fill, gain, out)
+        _resample_fixed(src, ys, yc, yw, xs, xc, xw, fill, gain, out, taps)
     else:
         _resample_generic(src, ys, yc, yw, xs, xc, xw, fill, gain, out)
 
@@ -210,11 +208,44 @@ def _resample_generic(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
         _horizontal(acc, x0, xs, xc, xw, gain, fill, dst[oy])
 
 
-MAX_FIXED_TAPS = 16
-_FIXED: dict[int, Any] = {}
+MAX_FIXED_TAPS = 8
 
 
-def _fixed_resampler(taps: int):
+@njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _horizontal_fixed(acc, offs, wpad, filled, gain, fill, dst, taps):
+    """``_horizontal`` over a table padded to ``taps`` taps (a constant where inlined)."""
+    for o in range(offs.shape[0]):
+        if filled[o]:
+            dst[3 * o] = fill[0]
+            dst[3 * o + 1] = fill[1]
+            dst[3 * o + 2] = fill[2]
+            continue
+        p = offs[o]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        for k in range(taps):  # unrolled where taps is a constant
+            wk = wpad[o, k]
+            a0 += wk * acc[p + 3 * k]
+            a1 += wk * acc[p + 3 * k + 1]
+            a2 += wk * acc[p + 3 * k + 2]
+        dst[3 * o] = _to_u8(a0 * gain)
+        dst[3 * o + 1] = _to_u8(a1 * gain)
+        dst[3 * o + 2] = _to_u8(a2 * gain)
+
+
+@njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, taps):
+    for oy in range(dst.shape[0]):
+        if yc[oy] == 0:
+            _fill_row(dst[oy], fill)
+            continue
+        _vertical(flat, ys[oy], yc[oy], yw[oy], x0 * 3, acc[: (x1 - x0) * 3])
+        _horizontal_fixed(acc, offs, wpad, filled, gain, fill, dst[oy], taps)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _resample_fixed(src, ys, yc, yw, xs, xc, xw, fill, gain, out, taps):
     """NOTE [ One horizontal kernel per tap count ]
 
     The horizontal pass filters each output pixel with its own run of taps. With the run
@@ -223,66 +254,47 @@ def _fixed_resampler(taps: int):
     (about 15 ns per output pixel for 4 taps). With the length a compile-time constant
     the loop unrolls fully: about twice as fast. So the table is padded to the largest run
     of the axis (``taps``, zero weights after a shorter run, the run moved left where it
-    would pass the end of the needed columns) and each tap count gets its own compiled
-    kernel, made on first use and cached on disk like every other kernel. A 224 crop
-    needs 2 to 5 taps; tables wider than ``MAX_FIXED_TAPS`` use the generic kernel.
+    would pass the end of the needed columns), and the row loop is inlined once per tap
+    count from 1 to ``MAX_FIXED_TAPS``, each copy with its count a constant, behind one
+    branch. It is one ordinary kernel, compiled once and cached on disk like every other
+    (a kernel made per tap count at run time is not cached: each new count cost a second
+    of compiling in every process, in the middle of an epoch). A 224 crop of an
+    ImageNet-sized photo needs 2 to 5 taps; wider tables use ``_resample_generic``.
     """
-    fn = _FIXED.get(taps)
-    if fn is None:
-        fn = _FIXED[taps] = _make_fixed_resampler(taps)
-    return fn
-
-
-def _make_fixed_resampler(taps: int):
-    @njit(nogil=True, cache=True, fastmath=True)
-    def horizontal(acc, offs, wpad, filled, gain, fill, dst):
-        for o in range(offs.shape[0]):
-            if filled[o]:
-                dst[3 * o] = fill[0]
-                dst[3 * o + 1] = fill[1]
-                dst[3 * o + 2] = fill[2]
-                continue
-            p = offs[o]
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            for k in range(taps):  # a constant: unrolled
-                wk = wpad[o, k]
-                a0 += wk * acc[p + 3 * k]
-                a1 += wk * acc[p + 3 * k + 1]
-                a2 += wk * acc[p + 3 * k + 2]
-            dst[3 * o] = _to_u8(a0 * gain)
-            dst[3 * o + 1] = _to_u8(a1 * gain)
-            dst[3 * o + 2] = _to_u8(a2 * gain)
-
-    @njit(nogil=True, cache=True)
-    def resample(src, ys, yc, yw, xs, xc, xw, fill, gain, out):
-        h, w, nc = out.shape
-        x0, x1 = extent(xs, xc)
-        x0 = max(min(x0, x1 - taps), 0)  # room for a whole padded run of taps
-        x1 = max(x1, min(x0 + taps, src.shape[1]))
-        offs = np.zeros(w, np.int64)
-        wpad = np.zeros((w, taps), np.float32)
-        filled = np.zeros(w, np.bool_)
-        for o in range(w):
-            if xc[o] == 0:
-                filled[o] = True
-                continue
-            start = max(min(xs[o], x1 - taps), x0)
-            offs[o] = (start - x0) * 3
-            for k in range(xc[o]):
-                wpad[o, xs[o] - start + k] = xw[o, k]
-        flat = src.reshape(src.shape[0], src.shape[1] * nc)
-        dst = out.reshape(h, w * nc)
-        acc = np.zeros(max(x1 - x0, taps) * nc, np.float32)
-        for oy in range(h):
-            if yc[oy] == 0:
-                _fill_row(dst[oy], fill)
-                continue
-            _vertical(flat, ys[oy], yc[oy], yw[oy], x0 * nc, acc[: (x1 - x0) * nc])
-            horizontal(acc, offs, wpad, filled, gain, fill, dst[oy])
-
-    return resample
+    h, w, nc = out.shape
+    x0, x1 = extent(xs, xc)
+    x0 = max(min(x0, x1 - taps), 0)  # room for a whole padded run of taps
+    x1 = max(x1, min(x0 + taps, src.shape[1]))
+    offs = np.zeros(w, np.int64)
+    wpad = np.zeros((w, taps), np.float32)
+    filled = np.zeros(w, np.bool_)
+    for o in range(w):
+        if xc[o] == 0:
+            filled[o] = True
+            continue
+        start = max(min(xs[o], x1 - taps), x0)
+        offs[o] = (start - x0) * 3
+        for k in range(xc[o]):
+            wpad[o, xs[o] - start + k] = xw[o, k]
+    flat = src.reshape(src.shape[0], src.shape[1] * nc)
+    dst = out.reshape(h, w * nc)
+    acc = np.zeros(max(x1 - x0, taps) * nc, np.float32)
+    if taps == 1:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 1)
+    elif taps == 2:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 2)
+    elif taps == 3:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 3)
+    elif taps == 4:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 4)
+    elif taps == 5:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 5)
+    elif taps == 6:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 6)
+    elif taps == 7:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 7)
+    else:
+        _rows_fixed(flat, ys, yc, yw, x0, x1, offs, wpad, filled, gain, fill, acc, dst, 8)
 
 
 @njit(nogil=True, cache=True, inline="always")
