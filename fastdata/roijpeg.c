@@ -91,9 +91,15 @@ int fd_decode_region(const unsigned char *data, unsigned long size, int top, int
         if (top > 0) {
             jpeg_skip_scanlines(&cinfo, (JDIMENSION)top);
         }
+        /* Whole row groups per call: one row at a time makes libjpeg upsample each
+         * group into its own buffer and copy it out row by row. */
+        JSAMPROW lines[32];
         for (int row = 0; row < height;) {
-            JSAMPROW line = out + stride * (unsigned long)row;
-            JDIMENSION got = jpeg_read_scanlines(&cinfo, &line, 1);
+            int want = height - row < 32 ? height - row : 32;
+            for (int i = 0; i < want; i++) {
+                lines[i] = out + stride * (unsigned long)(row + i);
+            }
+            JDIMENSION got = jpeg_read_scanlines(&cinfo, lines, (JDIMENSION)want);
             if (got == 0) { /* cannot happen with a memory source; never spin */
                 strncpy(err, "the decoder returned no row", (size_t)errlen - 1);
                 status = -1;
