@@ -287,9 +287,19 @@ class BatchStream:
         from fastdata.streamplan import StreamPlan
 
         plan = StreamPlan(self.plan, self.shape)
-        tmp = np.empty((len(rows), *self.shape), np.uint8) if self.direct else None
+        staged = getattr(self.plan, "has_batch_stage", False)
+        tmp = np.empty((len(rows), *self.shape), np.uint8) if self.direct or staged else None
         done = []
-        for k, r in enumerate(rows):
+        todo = range(len(rows))
+        if staged:  # NOTE [ Batch-level stage ] in fastdata.engine
+            ok = self._stage(lo, rows, shard, member, maps, tmp)
+            done = [k for k in todo if ok[k]]
+            if not self.direct:
+                for k in done:
+                    arr[rows[k]] = tmp[k]
+            todo = [k for k in todo if not ok[k]]
+        for k in todo:
+            r = rows[k]
             smap, m = maps[int(shard[r])], int(member[r])
             field = next(
                 (e for e in self.ds.image if smap.view(e, m) is not None), self.ds.image[0]
@@ -314,7 +324,18 @@ class BatchStream:
             except Exception as exc:  # becomes the sample's error, see _replace
                 errors[r] = _as_error(exc, smap.url, key, field)
         if self.direct and done:
+            done.sort()
             convert_into(tmp[done], np.asarray(rows, np.int64)[done], self.lut, arr, self.nchw)
+
+    def _stage(self, lo: int, rows: list[int], shard, member, maps, out: np.ndarray) -> np.ndarray:
+        """The plan's batch-level stage on these rows' encoded images; True where written."""
+        sources = []
+        for r in rows:
+            smap, m = maps[int(shard[r])], int(member[r])
+            field = next((e for e in self.ds.image if smap.view(e, m) is not None), None)
+            sources.append(None if field is None or field.endswith("npy") else smap.view(field, m))
+        indices = [lo + r for r in rows]
+        return np.asarray(self.plan.chunk_into(sources, indices, self.rngs.key, out), bool)
 
     def _field(self, ext: str, kind: str, shard, member, maps: dict, errors: dict) -> Any:
         n = len(shard)

@@ -36,12 +36,13 @@ import numpy as np
 
 from fastdata.errors import DecodeError
 
-__all__ = ["available", "decode_region"]
+__all__ = ["available", "decode_region", "library_path"]
 
 _SOURCE = Path(__file__).with_name("roijpeg.c")
 _ERRLEN = 256
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_path: str | None = None
 _failed = False
 _local = threading.local()
 
@@ -78,6 +79,8 @@ def _build() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except OSError:
         return None
+    global _path
+    _path = str(target)
     u8p, intp = ctypes.POINTER(ctypes.c_ubyte), ctypes.POINTER(ctypes.c_int)
     lib.fd_decode_region.argtypes = [
         ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -95,6 +98,11 @@ def _library() -> ctypes.CDLL | None:
                 _lib = _build()
                 _failed = _lib is None
     return _lib
+
+
+def library_path() -> str | None:
+    """The built library's path (for callers that link it into compiled kernels), or None."""
+    return _path if _library() is not None else None
 
 
 def available() -> bool:

@@ -118,6 +118,11 @@ class Plan:
 
             if smallbatch.AVAILABLE:
                 self._stage = smallbatch.SmallPngStage(*self._direct)
+        elif (resized := self._crop_steps()) is not None:
+            from fastdata import jpegbatch  # imports this package
+
+            if jpegbatch.available():
+                self._stage = jpegbatch.JpegCropStage(*resized, self.reduce)
 
     def _direct_steps(self):
         """``(crop, flips)`` when the sample stage is RandomCrop then flips only, else None.
@@ -144,9 +149,26 @@ class Plan:
         axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
         return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
 
+    def _crop_steps(self):
+        """``(crop, flips)`` when the sample stage is RandomResizedCrop then flips only.
+
+        Such plans (the ImageNet training pipeline) get a batch-level stage for JPEG bytes
+        (:meth:`chunk_into`, :mod:`fastdata.jpegbatch`), with the counter-based draws of
+        NOTE [ Counter-based draws ] in :mod:`fastdata.smallbatch`.
+        """
+        ops = self.sample_ops
+        if not ops or type(ops[0]).__name__ != "RandomResizedCrop":
+            return None
+        flips = ops[1:]
+        if any(type(t) not in (RandomHorizontalFlip, RandomVerticalFlip) for t in flips):
+            return None
+        axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
+        return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
+
     @property
     def has_batch_stage(self) -> bool:
-        """Whether :meth:`chunk_into` does anything (resize-free plans on PNG bytes)."""
+        """Whether :meth:`chunk_into` does anything (resize-free plans on PNG bytes,
+        RandomResizedCrop-and-flips plans on JPEG bytes)."""
         return self._stage is not None
 
     def chunk_into(self, sources, indices, key: np.ndarray, out: np.ndarray) -> np.ndarray | None:
@@ -165,8 +187,8 @@ class Plan:
         """
         if self._stage is None:
             return None
-        if out.dtype != np.uint8 or out.shape[1:] != (*self._direct[0].size, CHANNELS):
-            raise ValueError(f"out must be uint8 (N, {self._direct[0].size}, 3), got {out.shape}")
+        if out.dtype != np.uint8 or out.shape[1:] != self.sample_shape or out.ndim != 4:
+            raise ValueError(f"out must be uint8 (N, {self.sample_shape}), got {out.shape}")
         return self._stage.run(sources, indices, key, out)[0]
 
     def _sample_direct(self, src, out, rng, url, key, field) -> None:

@@ -32,6 +32,7 @@ float16 and bfloat16 outputs are written as their 16-bit patterns.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from numba import njit, prange
 
