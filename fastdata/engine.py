@@ -44,7 +44,10 @@ and the epoch's key words (``SampleRng.key``); the stage writes the samples it c
 into their slots in one compiled call and returns a bool per sample. The rest (declined
 formats, corrupt data, a file that could not be read) go through ``sample_into`` one by
 one as before, which raises the error that names the file. For 32x32 PNGs this removes
-almost all per-sample Python (``fastdata.smallbatch``).
+almost all per-sample Python (``fastdata.smallbatch``); for RandomResizedCrop on JPEGs,
+about 0.12 ms of Python per sample and the garbage collection its short-lived objects
+caused, 5% of the CPU (``fastdata.jpegbatch``): about 1,390 instead of 1,100 samples/s
+with two threads on the 2-core machine.
 
 NOTE [ Threads, not processes ]
 Threads when the per-sample work runs mostly outside the GIL, forked processes when it

@@ -182,7 +182,7 @@ class Plan:
 
         Returns:
             A bool per sample, True where its slot was written; the others (declined:
-            not a PNG the stage decodes, corrupt...) go through :meth:`sample_into`. None
+            a format the stage does not decode, corrupt...) go through :meth:`sample_into`. None
             when the plan has no batch-level stage.
         """
         if self._stage is None:
