@@ -38,7 +38,7 @@ from llvmlite import binding as llvm
 from numba import njit, types
 
 from fastdata import roi
-from fastdata.smallbatch import _stream, _uniform
+from fastdata.smallbatch import _stream, _uniform, concatenate
 from fastdata.transforms.geometry import DCT_MARGIN
 from fastdata.transforms.kernels.cpu import _resample_columns, axis_tables, extent
 
@@ -241,14 +241,11 @@ class JpegCropStage:
             ``(N, 6)`` ``(top, left, height, width, flip_y, flip_x)`` of the done samples.
         """
         n = len(sources)
-        blobs = [s if isinstance(s, (bytes, bytearray, memoryview)) else b"" for s in sources]
-        sizes = np.array([memoryview(b).nbytes for b in blobs], np.int64)
-        ends = np.cumsum(sizes)
-        flat = np.frombuffer(b"".join(blobs), np.uint8)
+        flat, starts, ends = concatenate(sources)
         done = np.zeros(n, np.uint8)
         params = np.zeros((n, 6), np.int64)
         crop_resize_flip(
-            flat, ends - sizes, ends, np.asarray(indices, np.int64), np.asarray(key, np.uint64),
+            flat, starts, ends, np.asarray(indices, np.int64), np.asarray(key, np.uint64),
             self.spec, self.flip_p, self.flip_axis, out, done, params,
         )  # fmt: skip
         return done.astype(bool), params

@@ -46,7 +46,7 @@ from fastdata.png import unfilter_into
 from fastdata.transforms.geometry import PAD_MODES
 from fastdata.transforms.kernels.cpu import _pad_index
 
-__all__ = ["SmallPngStage", "draw_uniforms"]
+__all__ = ["SmallPngStage", "concatenate", "draw_uniforms"]
 
 
 # NOTE [ zlib from Numba ]
@@ -295,6 +295,15 @@ def decode_crop_flip(
         _deflate_free(inflater)
 
 
+def concatenate(sources: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(flat, starts, ends)``: a chunk's encoded files in one uint8 array, and where each
+    lies; anything not ``bytes``/``memoryview`` (a failed read, an array) becomes empty."""
+    blobs = [s if isinstance(s, (bytes, bytearray, memoryview)) else b"" for s in sources]
+    sizes = np.array([memoryview(b).nbytes for b in blobs], np.int64)
+    ends = np.cumsum(sizes)
+    return np.frombuffer(b"".join(blobs), np.uint8), ends - sizes, ends
+
+
 class SmallPngStage:
     """The batch stage of a resize-free plan (RandomCrop, then flips) on PNG bytes.
 
@@ -334,15 +343,12 @@ class SmallPngStage:
             ``(N, 4)`` ``(top, left, flip_y, flip_x)`` drawn for the done samples.
         """
         n = len(sources)
-        blobs = [s if isinstance(s, (bytes, bytearray, memoryview)) else b"" for s in sources]
-        sizes = np.array([memoryview(b).nbytes for b in blobs], np.int64)
-        ends = np.cumsum(sizes)
-        flat = np.frombuffer(b"".join(blobs), np.uint8)
+        flat, starts, ends = concatenate(sources)
         done = np.zeros(n, np.uint8)
         params = np.zeros((n, 4), np.int64)
         key = np.asarray(key, np.uint64)
         decode_crop_flip(
-            flat, ends - sizes, ends, np.asarray(indices, np.int64), key, self.geom,
+            flat, starts, ends, np.asarray(indices, np.int64), key, self.geom,
             self.flip_p, self.flip_axis, self.fill, out, done, params, self.deflate,
         )  # fmt: skip
         return done.astype(bool), params

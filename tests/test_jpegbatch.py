@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
+from test_roi import KINDS, _jpeg  # the same JPEG kinds the region decoder is tested on
 from torchvision.transforms import RandomResizedCrop as TvRandomResizedCrop
 
 from fastdata import jpegbatch, roi
@@ -20,25 +21,6 @@ from fastdata.transforms.plan import Plan
 pytestmark = pytest.mark.skipif(
     not (roi.available() and jpegbatch.available()), reason="no C compiler or libjpeg here"
 )
-
-KINDS = {
-    "420": {"quality": 90, "subsampling": 2},
-    "422": {"quality": 85, "subsampling": 1},
-    "444": {"quality": 95, "subsampling": 0},
-    "gray": {"quality": 90, "mode": "L"},
-    "progressive": {"quality": 90, "progressive": True},
-}
-
-
-def _jpeg(rng: np.random.Generator, h: int, w: int, **save) -> bytes:
-    coarse = rng.integers(0, 256, (h // 6 + 2, w // 6 + 2, 3), dtype=np.uint8)
-    img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-    noise = rng.integers(-20, 21, (h, w, 3))
-    img = Image.fromarray(np.clip(np.asarray(img).astype(int) + noise, 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    img.convert(save.pop("mode", "RGB")).save(buf, format="JPEG", **save)
-    return buf.getvalue()
-
 
 def _per_sample(data: bytes, params, size, kind: int) -> np.ndarray:
     """The per-sample path's pixels for the box and flips the stage drew."""

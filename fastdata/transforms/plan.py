@@ -37,7 +37,6 @@ from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
 from fastdata.transforms.ops import (
     DecodeImage,
     Normalize,
-    RandomCrop,
     RandomHorizontalFlip,
     RandomVerticalFlip,
     ToDtype,
@@ -140,14 +139,7 @@ class Plan:
         it draws its parameters from a counter-based hash instead of ``rng`` (NOTE
         [ Counter-based draws ]) and leaves what it declines to :meth:`sample_into`.
         """
-        ops = self.sample_ops
-        if not ops or type(ops[0]) is not RandomCrop:
-            return None
-        flips = ops[1:]
-        if any(type(t) not in (RandomHorizontalFlip, RandomVerticalFlip) for t in flips):
-            return None
-        axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
-        return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
+        return self._step_then_flips("RandomCrop")
 
     def _crop_steps(self):
         """``(crop, flips)`` when the sample stage is RandomResizedCrop then flips only.
@@ -156,8 +148,13 @@ class Plan:
         (:meth:`chunk_into`, :mod:`fastdata.jpegbatch`), with the counter-based draws of
         NOTE [ Counter-based draws ] in :mod:`fastdata.smallbatch`.
         """
+        return self._step_then_flips("RandomResizedCrop")
+
+    def _step_then_flips(self, name: str):
+        """``(step, [(p, axis), ...])`` when the sample stage is the transform class
+        ``name`` followed by flips only (axis 0 vertical, 1 horizontal), else None."""
         ops = self.sample_ops
-        if not ops or type(ops[0]).__name__ != "RandomResizedCrop":
+        if not ops or type(ops[0]).__name__ != name:
             return None
         flips = ops[1:]
         if any(type(t) not in (RandomHorizontalFlip, RandomVerticalFlip) for t in flips):
