@@ -18,9 +18,9 @@ import time
 
 import webdataset as wds
 
-from fastdata.convert import ConvertOptions, convert
-from fastdata.sample_data import make_image_folder
-from fastdata.sources import ImageFolderSource
+from fastdata.convert.command import ConvertOptions, convert
+from fastdata.convert.sources import ImageFolderSource
+from fastdata.tools.sample_data import make_image_folder
 
 
 def webdataset_baseline(src: str, out: str) -> int:

@@ -2,7 +2,7 @@
 
 Two workloads, generated once into a folder outside the repository (``--data``):
 
-- ``imagenet``: ImageNet-like JPEGs (about 400x350, quality 90, ``fastdata.sample_data``)
+- ``imagenet``: ImageNet-like JPEGs (about 400x350, quality 90, ``fastdata.tools.sample_data``)
   in ImageFolder layout -> RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor +
   Normalize, batch 256;
 - ``cifar``: 32x32 PNGs (views of the same bundled photographs) -> RandomCrop(32,
@@ -46,7 +46,7 @@ def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
     """Generates both workloads under ``root`` (once; reused when the counts match)."""
     from PIL import Image
 
-    from fastdata.sample_data import DEFAULT_CLASSES, load_photograph, make_image_folder
+    from fastdata.tools.sample_data import DEFAULT_CLASSES, load_photograph, make_image_folder
 
     folders = {"imagenet": root / f"imagenet-{jpegs}", "cifar": root / f"cifar-{pngs}"}
     if not folders["imagenet"].exists():
@@ -74,7 +74,7 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int, device
     from torchvision import datasets
     from torchvision import transforms as T
 
-    import fastdata.loader
+    import fastdata.loading.dataloader
 
     if workload == "imagenet":
         steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
@@ -83,7 +83,7 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int, device
     dataset = datasets.ImageFolder(
         str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
     )
-    cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loader.DataLoader
+    cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loading.dataloader.DataLoader
     extra = {"compile": True} if variant.startswith("compile") else {}
     if device is not None:  # torch's way: pinned float batches, copied by the consumer
         extra.update({"device": device} if extra else {"pin_memory": True})

@@ -45,8 +45,8 @@ VARIANTS = ("torch", "fastdata")
 
 def make_all(root: Path, jpegs: int, pngs: int, arrays: int) -> dict[str, dict[str, Path]]:
     """Folders for torch and shards for fastdata, per workload (made once)."""
-    from fastdata.convert import ConvertOptions, convert
-    from fastdata.prepare import PrepareOptions
+    from fastdata.convert.command import ConvertOptions, convert
+    from fastdata.convert.prepare import PrepareOptions
 
     folders = make_data(root, jpegs, pngs)
     out = {}
@@ -61,7 +61,7 @@ def make_all(root: Path, jpegs: int, pngs: int, arrays: int) -> dict[str, dict[s
 
 
 def _make_arrays(folder: Path, n: int) -> dict[str, Path]:
-    from fastdata.writer import ShardWriter
+    from fastdata.shards.writer import ShardWriter
 
     files, shards = folder / "files", folder / "shards"
     if not folder.exists():
@@ -107,7 +107,7 @@ def build(variant: str, workload: str, paths: dict[str, Path], workers: int, dev
         pin = device is not None  # torch's way to a GPU: pinned float batches, copied by the consumer
         return torch.utils.data.DataLoader(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, pin_memory=pin), None
     from fastdata import transforms as F
-    from fastdata.dataset import ShardDataset
+    from fastdata.loading.shard_dataset import ShardDataset
 
     norm = [F.ToDtype(torch.float32, scale=True), F.Normalize(MEAN, STD)]
     geo = {"imagenet": [F.RandomResizedCrop(224), F.RandomHorizontalFlip()],

@@ -1,8 +1,8 @@
-"""Tar reading speed: ``fastdata.tario.iter_samples`` against the webdataset library.
+"""Tar reading speed: ``fastdata.shards.tario.iter_samples`` against the webdataset library.
 
 Shards of 32x32 PNG samples (with a ``.cls`` label) are read without decoding by
 
-- fastdata: ``fastdata.tario.iter_samples(urls)``;
+- fastdata: ``fastdata.shards.tario.iter_samples(urls)``;
 - webdataset: ``tar_file_expander`` + ``group_by_keys`` over ``url_opener`` (the library's
   own tar iterator, as ``wds.WebDataset`` uses it, with no decoding).
 
@@ -34,7 +34,7 @@ def make_shards(folder: Path, n: int, per_shard: int) -> list[str]:
     """Writes ``n`` random 32x32 PNG samples with labels; returns the shard paths."""
     from PIL import Image
 
-    from fastdata.writer import ShardWriter
+    from fastdata.shards.writer import ShardWriter
 
     rng = np.random.default_rng(0)
     with ShardWriter(str(folder / "png-%06d.tar"), maxcount=per_shard) as sink:
@@ -46,7 +46,7 @@ def make_shards(folder: Path, n: int, per_shard: int) -> list[str]:
 
 
 def read_fastdata(urls: list[str]) -> int:
-    from fastdata.tario import iter_samples
+    from fastdata.shards.tario import iter_samples
 
     return sum(1 for _ in iter_samples(urls))
 

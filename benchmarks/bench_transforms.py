@@ -130,7 +130,7 @@ def bench_decoders(jpegs: list[bytes], reps: int) -> list[dict]:
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
     cases = {
         "Pillow": lambda: [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs],
-        "simplejpeg (fastdata.decode)": lambda: [
+        "simplejpeg (fastdata.decode.images)": lambda: [
             simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs
         ],
         "torchvision.io.decode_jpeg": lambda: [tio.decode_jpeg(t) for t in tensors],

@@ -11,13 +11,13 @@ import importlib
 from typing import Any
 
 from fastdata.errors import DecodeError, FastdataError, ShardError, SourceError
-from fastdata.tario import iter_samples
-from fastdata.writer import ShardWriter
+from fastdata.shards.tario import iter_samples
+from fastdata.shards.writer import ShardWriter
 
 _LAZY = {
-    "DataLoader": ("fastdata.loader", "DataLoader"),
-    "get_worker_info": ("fastdata.loader", "get_worker_info"),
-    "ShardDataset": ("fastdata.dataset", "ShardDataset"),
+    "DataLoader": ("fastdata.loading.dataloader", "DataLoader"),
+    "get_worker_info": ("fastdata.loading.dataloader", "get_worker_info"),
+    "ShardDataset": ("fastdata.loading.shard_dataset", "ShardDataset"),
     "transforms": ("fastdata.transforms", None),
 }
 

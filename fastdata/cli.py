@@ -14,14 +14,14 @@ import sys
 # Sub-command name -> the module that provides it, in the order ``fastdata --help`` lists them.
 # Only the module of the command being run is imported (``--help`` imports them all).
 COMMANDS = {
-    "convert": "fastdata.convert",
-    "verify": "fastdata.verify",
-    "sample-data": "fastdata.sample_data",
-    "train": "fastdata.train",
-    "show": "fastdata.gallery",
-    "stats": "fastdata.gallery",
-    "bench": "fastdata.bench_workloads",
-    "demo": "fastdata.demo",
+    "convert": "fastdata.convert.command",
+    "verify": "fastdata.shards.verify",
+    "sample-data": "fastdata.tools.sample_data",
+    "train": "fastdata.train.command",
+    "show": "fastdata.pictures.gallery",
+    "stats": "fastdata.pictures.gallery",
+    "bench": "fastdata.tools.workloads",
+    "demo": "fastdata.tools.demo",
 }
 # Kept for modules that register themselves by module name.
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))

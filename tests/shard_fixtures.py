@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastdata.index import write_index
-from fastdata.writer import ShardWriter
+from fastdata.shards.index import write_index
+from fastdata.shards.writer import ShardWriter
 
 
 def png_bytes(img: np.ndarray) -> bytes:

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastdata import transforms as T
-from fastdata.crops import crop_spec, draw_params, param_key
-from fastdata.dataset import ShardDataset
-from fastdata.sampling import rank_batches, shard_order
-from fastdata.schedule import epoch_schedule
-from fastdata.writer import ShardWriter
+from fastdata.loading.sampling import rank_batches, shard_order
+from fastdata.loading.schedule import epoch_schedule
+from fastdata.loading.shard_dataset import ShardDataset
+from fastdata.shards.writer import ShardWriter
+from fastdata.transforms.stages.raw import crop_spec, draw_params, param_key
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -182,8 +182,8 @@ def test_kept_float_batches_are_never_overwritten_and_dropped_ones_are_reused(tm
 @given(mean=st.lists(st.floats(-2, 2), min_size=3, max_size=3), std=st.lists(st.floats(0.01, 3), min_size=3, max_size=3),
        scale=st.booleans(), seed=st.integers(0, 2**32))  # fmt: skip
 def test_affine_planes_equal_the_table_bit_for_bit(mean, std, scale, seed):
-    from fastdata.crops import _affine_planes, _copy_planes, affine_table
     from fastdata.transforms.kernels import normalize_lut
+    from fastdata.transforms.stages.raw import _affine_planes, _copy_planes, affine_table
 
     lut = normalize_lut(mean, std, 3, torch.float32, scale).numpy()
     affine = affine_table(lut, mean, std, scale)

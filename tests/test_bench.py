@@ -8,7 +8,7 @@ import time
 import torch
 from PIL import Image
 
-from fastdata.bench import Candidate, batch_size_of, measure, write_outputs
+from fastdata.tools.bench import Candidate, batch_size_of, measure, write_outputs
 
 
 def slow_batches(n: int, delay: float):

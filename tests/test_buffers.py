@@ -1,10 +1,10 @@
-"""The CPU output pool (NOTE [ Output reuse ] in ``fastdata.buffers``)."""
+"""The CPU output pool (NOTE [ Output reuse ] in ``fastdata.loading.buffers``)."""
 
 from __future__ import annotations
 
 import torch
 
-from fastdata.buffers import OutputPool
+from fastdata.loading.buffers import OutputPool
 
 
 def make() -> torch.Tensor:

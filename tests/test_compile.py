@@ -11,9 +11,9 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from fastdata.compile import compile_folder
 from fastdata.errors import DecodeError
-from fastdata.loader import DataLoader
+from fastdata.loading.compile import compile_folder
+from fastdata.loading.dataloader import DataLoader
 from fastdata.transforms import from_torchvision
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -89,7 +89,7 @@ def test_deterministic_pipeline_matches_uncompiled(folder, pipeline, num_workers
         err = (x[pos] - rx[pos]).abs() * torch.tensor(STD).view(3, 1, 1) * 255  # in uint8 steps
         if path.endswith(".png"):  # no DCT-scaled decoding: torchvision parity to rounding
             assert err.max() < 1.01, (path, err.max())
-        else:  # see NOTE [ DCT scaling ] in fastdata.decode
+        else:  # see NOTE [ DCT scaling ] in fastdata.decode.images
             assert err.mean() < 3, (path, err.mean())
 
 

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-import fastdata.prepare as prepare_mod
+import fastdata.convert.prepare as prepare_mod
 from fastdata import SourceError, iter_samples
 from fastdata.cli import main
-from fastdata.convert import ConvertOptions, convert
-from fastdata.index import read_index, shard_urls
-from fastdata.prepare import PrepareOptions
+from fastdata.convert.command import ConvertOptions, convert
+from fastdata.convert.prepare import PrepareOptions
+from fastdata.shards.index import read_index, shard_urls
 
 
 def write_image(path, rng, size=None, mode="RGB", fmt=None):
@@ -172,12 +172,12 @@ def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("fastdata.convert.prepare_item", dying)
+    monkeypatch.setattr("fastdata.convert.command.prepare_item", dying)
     with pytest.raises(KeyboardInterrupt):
         convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
     assert sorted(os.listdir(tmp_path / "cut")) == ["s-000.tar", "s-001.tar", "s-002.tar", "s.index.json.partial",
                                                     "s.index.json.partial.digests"]
-    monkeypatch.setattr("fastdata.convert.prepare_item", real)
+    monkeypatch.setattr("fastdata.convert.command.prepare_item", real)
     resumed = convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
     assert resumed.resumed_from == 9
     assert [s["sha256"] for s in resumed.shards] == [s["sha256"] for s in clean.shards]
@@ -185,7 +185,7 @@ def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, mo
     assert a["stats"] == b["stats"] and a["shards"] == b["shards"]
     assert sorted(os.listdir(tmp_path / "cut")) == sorted(os.listdir(tmp_path / "clean"))
     with pytest.raises(Exception, match="other options"):
-        monkeypatch.setattr("fastdata.convert.prepare_item", dying)
+        monkeypatch.setattr("fastdata.convert.command.prepare_item", dying)
         calls["n"] = 0
         with pytest.raises(KeyboardInterrupt):
             convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), opts)

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from shard_fixtures import write_image_shards
 
 from fastdata import transforms as T
-from fastdata.dataset import ShardDataset
-from fastdata.fields import Padded, decode_npy
-from fastdata.sampling import Draws, assign, rank_batches, shard_order, slot_count
+from fastdata.loading.fields import Padded, decode_npy
+from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order, slot_count
+from fastdata.loading.shard_dataset import ShardDataset
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -154,7 +154,7 @@ def test_raw_pixel_shards_give_the_same_batches_as_png(tmp_path):
 
 
 def test_normalise_only_pipeline_on_chw_arrays(tmp_path):
-    from fastdata.writer import ShardWriter
+    from fastdata.shards.writer import ShardWriter
 
     rng = np.random.default_rng(0)
     arrays = rng.integers(0, 256, (10, 3, 6, 5), dtype=np.uint8)
@@ -221,11 +221,11 @@ def test_torch_dataloader_without_workers_collates_single_samples(tmp_path):
 
 
 def test_fastdata_dataloader_uses_the_stream(tmp_path):
-    import fastdata.loader
+    import fastdata.loading.dataloader
 
     urls, _ = write_image_shards(str(tmp_path), 30, 5)
     ds = ShardDataset(urls, transform=aug(), shuffle=True, seed=4)
-    loader = fastdata.loader.DataLoader(ds, batch_size=8, num_workers=2)
+    loader = fastdata.loading.dataloader.DataLoader(ds, batch_size=8, num_workers=2)
     direct = list(ShardDataset(urls, transform=aug(), shuffle=True, seed=4).iter_batches(8, num_workers=2))
     got = list(loader)
     assert len(got) == len(direct)
@@ -233,4 +233,4 @@ def test_fastdata_dataloader_uses_the_stream(tmp_path):
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert loader.state_dict() == ds.state_dict() and loader.state_dict()["epoch"] == 1  # the next epoch
     with pytest.raises(TypeError, match="keeps no iteration state"):
-        fastdata.loader.DataLoader(list(range(4))).state_dict()
+        fastdata.loading.dataloader.DataLoader(list(range(4))).state_dict()

@@ -13,7 +13,7 @@ RANK_SCRIPT = r"""
 import datetime, hashlib, json, sys
 import torch, torch.distributed as dist
 from fastdata import transforms as T
-from fastdata.dataset import ShardDataset
+from fastdata.loading.shard_dataset import ShardDataset
 
 rank, urls, init, out, resume_from, stop_at = sys.argv[1:7]
 rank, stop_at = int(rank), int(stop_at)

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fastdata.decode import decode_image, image_format, image_size
+from fastdata.decode.images import decode_image, image_format, image_size
+from fastdata.decode.png import decode_png
 from fastdata.errors import DecodeError
-from fastdata.png import decode_png
 
 
 def _encode(arr: np.ndarray, fmt: str, **kw) -> bytes:

@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from fastdata.demo import run_demo
+from fastdata.tools.demo import run_demo
 
 
 def test_tiny_demo_writes_a_complete_report(tmp_path):

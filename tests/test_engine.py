@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdata.engine import BatchEngine, EngineStats, SampleRef, SampleRng
 from fastdata.errors import DecodeError
+from fastdata.loading.engine import BatchEngine, EngineStats, SampleRef, SampleRng
 
 H, W, C = 4, 5, 3
 MEAN = np.array([0.5, 0.4, 0.3])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fastdata import ShardWriter
 from fastdata.cli import main
-from fastdata.gallery import compute_stats
+from fastdata.pictures.gallery import compute_stats
 
 
 def png_bytes(image: np.ndarray) -> bytes:

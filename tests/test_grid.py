@@ -1,4 +1,4 @@
-"""Tests of the grid search (fastdata.grid)."""
+"""Tests of the grid search (fastdata.train.grid)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fastdata.errors import FastdataError
-from fastdata.grid import combinations, format_table, grid_search, parse_grid
+from fastdata.train.grid import combinations, format_table, grid_search, parse_grid
 
 
 def test_parse_grid():

@@ -12,11 +12,12 @@ from scipy import stats
 from test_roi import KINDS, _jpeg  # the same JPEG kinds the region decoder is tested on
 from torchvision.transforms import RandomResizedCrop as TvRandomResizedCrop
 
-from fastdata import jpegbatch, roi
 from fastdata import transforms as F
-from fastdata.decode import decode_image, image_size
+from fastdata.decode import roi
+from fastdata.decode.images import decode_image, image_size
 from fastdata.transforms.geometry import Geometry
 from fastdata.transforms.plan import Plan
+from fastdata.transforms.stages import jpeg as jpegbatch
 
 pytestmark = pytest.mark.skipif(
     not (roi.available() and jpegbatch.available()), reason="no C compiler or libjpeg here"

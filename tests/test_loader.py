@@ -12,8 +12,8 @@ import torch.utils.data as tud
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fastdata.loader as fl
-from fastdata.loader import DataLoader
+import fastdata.loading.dataloader as fl
+from fastdata.loading.dataloader import DataLoader
 
 
 class Squares(tud.Dataset):

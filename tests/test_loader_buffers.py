@@ -1,6 +1,6 @@
 """The compiled loader's buffers outlive the epoch, but never reach two iterators at once.
 
-NOTE [ Buffers outlive the epoch ] in ``fastdata.loader``. The reference for every batch is
+NOTE [ Buffers outlive the epoch ] in ``fastdata.loading.dataloader``. The reference for every batch is
 the uncompiled DataLoader over the same folder (a deterministic pipeline, so the values must
 agree within the transforms' parity bounds).
 """
@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision import datasets
 from torchvision import transforms as T
 
-from fastdata.loader import DataLoader
+from fastdata.loading.dataloader import DataLoader
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PIPELINE = T.Compose([T.Resize((24, 20)), T.ToTensor(), T.Normalize(MEAN, STD)])

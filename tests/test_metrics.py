@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdata.metrics import classification_report, confusion_matrix, format_report
+from fastdata.train.metrics import classification_report, confusion_matrix, format_report
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

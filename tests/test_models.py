@@ -1,4 +1,4 @@
-"""Tests of model building and fine-tuning (fastdata.models)."""
+"""Tests of model building and fine-tuning (fastdata.train.models)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from fastdata.errors import FastdataError, SourceError
-from fastdata.models import (
+from fastdata.train.loop import fit
+from fastdata.train.models import (
     blocks,
     build_model,
     find_head,
@@ -15,7 +16,6 @@ from fastdata.models import (
     make_optimizer,
     replace_head,
 )
-from fastdata.train import fit
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -1,4 +1,4 @@
-"""fastdata.png on PNGs written by the tests' own encoder (every row filter, split IDATs)."""
+"""fastdata.decode.png on PNGs written by the tests' own encoder (every row filter, split IDATs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fastdata.png import decode_png, unfilter_into
+from fastdata.decode.png import decode_png, unfilter_into
 
 SPP = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
 

@@ -12,8 +12,8 @@ import torch
 from shard_fixtures import digest, write_image_shards
 
 from fastdata import transforms as T
-from fastdata.dataset import ShardDataset
 from fastdata.errors import FastdataError, ShardError
+from fastdata.loading.shard_dataset import ShardDataset
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from fastdata import roi
 from fastdata import transforms as F
+from fastdata.decode import roi
 from fastdata.errors import DecodeError
 
 pytestmark = pytest.mark.skipif(not roi.available(), reason="no C compiler or libjpeg here")

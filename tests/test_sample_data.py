@@ -1,4 +1,4 @@
-"""Tests of the embedded demo dataset (fastdata.sample_data)."""
+"""Tests of the embedded demo dataset (fastdata.tools.sample_data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fastdata.errors import SourceError
-from fastdata.sample_data import (
+from fastdata.tools.sample_data import (
     DEFAULT_CLASSES,
     PHOTOGRAPHS,
     load_photograph,

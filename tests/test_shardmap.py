@@ -1,4 +1,4 @@
-"""Shard tables (``fastdata.shardmap``) against the streaming tar reader, and kept between epochs."""
+"""Shard tables (``fastdata.shards.shardmap``) against the streaming tar reader, and kept between epochs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from fastdata import shardmap
-from fastdata.shardmap import load_shard
-from fastdata.tario import iter_samples
-from fastdata.writer import ShardWriter
+from fastdata.shards import shardmap
+from fastdata.shards.shardmap import load_shard
+from fastdata.shards.tario import iter_samples
+from fastdata.shards.writer import ShardWriter
 
 
 def write(path, n: int, seed: int) -> list[dict]:

@@ -16,11 +16,11 @@ from test_png import encode_png, random_pixels
 from torchvision import datasets
 from torchvision import transforms as T
 
-from fastdata import smallbatch
 from fastdata.errors import DecodeError
-from fastdata.loader import DataLoader
-from fastdata.smallbatch import SmallPngStage, draw_uniforms
+from fastdata.loading.dataloader import DataLoader
 from fastdata.transforms.ops import RandomCrop
+from fastdata.transforms.stages import png as smallbatch
+from fastdata.transforms.stages.png import SmallPngStage, draw_uniforms
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15

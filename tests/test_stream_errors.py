@@ -12,9 +12,9 @@ import torch
 from shard_fixtures import write_image_shards
 
 from fastdata import transforms as T
-from fastdata.dataset import ShardDataset
 from fastdata.errors import DecodeError, ShardError
-from fastdata.writer import ShardWriter
+from fastdata.loading.shard_dataset import ShardDataset
+from fastdata.shards.writer import ShardWriter
 
 
 def pipeline(dtype=torch.float32):
@@ -27,7 +27,7 @@ def pipeline(dtype=torch.float32):
 def write_with_bad(folder, bad: dict[int, dict]) -> tuple[str, dict]:
     """20 PNG samples in 4 shards; sample ``i`` in ``bad`` gets those fields replaced (None: removed)."""
     urls, pixels = write_image_shards(folder, 20, 5)
-    from fastdata.tario import iter_samples
+    from fastdata.shards.tario import iter_samples
 
     samples = list(iter_samples(urls))
     for f in os.listdir(folder):
@@ -113,17 +113,17 @@ def test_failing_pipe_command_is_a_shard_error(tmp_path):
 
 
 def test_crashing_reader_ends_iteration_with_its_traceback(tmp_path, monkeypatch):
-    import fastdata.batches
+    import fastdata.loading.batches
 
     urls, _ = write_image_shards(str(tmp_path), 30, 5)
-    load = fastdata.batches.load_shard
+    load = fastdata.loading.batches.load_shard
 
     def exploding_load(url):
         if url.endswith("train-000004.tar"):
             raise RuntimeError("reader bug")
         return load(url)
 
-    monkeypatch.setattr(fastdata.batches, "load_shard", exploding_load)
+    monkeypatch.setattr(fastdata.loading.batches, "load_shard", exploding_load)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="reader bug") as info:
         list(ShardDataset(urls, transform=pipeline()).iter_batches(4, num_workers=2))

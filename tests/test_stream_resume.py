@@ -15,7 +15,7 @@ import torch
 from shard_fixtures import digest, write_image_shards
 
 from fastdata import transforms as T
-from fastdata.dataset import ShardDataset
+from fastdata.loading.shard_dataset import ShardDataset
 
 EPOCHS = 3
 BATCH = 4

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastdata import ShardError, ShardWriter, iter_samples
-from fastdata.shards import expand_urls
-from fastdata.tario import split_name
+from fastdata.shards.tario import split_name
+from fastdata.shards.urls import expand_urls
 
 
 def wds_read(urls: list[str]) -> list[dict]:

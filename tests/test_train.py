@@ -1,4 +1,4 @@
-"""Tests of the minimal trainer (fastdata.train), its checkpoints and ``fastdata train``."""
+"""Tests of the minimal trainer (fastdata.train.loop), its checkpoints and ``fastdata train``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fastdata.errors import FastdataError, SourceError
-from fastdata.feed import to_model_input
-from fastdata.metrics import evaluate
-from fastdata.train import fit, make_loaders, register
+from fastdata.train.command import register
+from fastdata.train.feed import to_model_input
+from fastdata.train.loop import fit, make_loaders
+from fastdata.train.metrics import evaluate
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -164,7 +165,7 @@ def test_empty_validation_loader_and_bad_batches_are_errors():
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from fastdata.sample_data import make_image_folder
+    from fastdata.tools.sample_data import make_image_folder
 
     root = tmp_path_factory.mktemp("images")
     make_image_folder(

@@ -11,8 +11,8 @@ from PIL import Image
 
 from fastdata import ShardWriter
 from fastdata.cli import main
-from fastdata.index import write_index
-from fastdata.train import make_loaders
+from fastdata.shards.index import write_index
+from fastdata.train.loop import make_loaders
 
 
 def jpeg(rng) -> bytes:
@@ -61,7 +61,7 @@ def test_train_command_on_shards(tmp_path, capsys):
 def test_checkpoints_with_a_fastdata_loader_over_a_plain_dataset(tmp_path):
     """fastdata.DataLoader over a dataset without iteration state still checkpoints."""
     import fastdata
-    from fastdata.train import fit
+    from fastdata.train.loop import fit
 
     data = [(torch.randn(3, 4, 4), i % 2) for i in range(8)]
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))

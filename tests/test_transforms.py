@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fastdata import transforms as T
-from fastdata.decode import decode_image
+from fastdata.decode.images import decode_image
 from fastdata.errors import DecodeError
 from fastdata.transforms.geometry import resized_size, rrc_box
 

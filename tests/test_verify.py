@@ -6,8 +6,8 @@ import io
 import tarfile
 
 from fastdata import ShardWriter
-from fastdata.index import write_index
-from fastdata.verify import verify
+from fastdata.shards.index import write_index
+from fastdata.shards.verify import verify
 
 
 def make_tar(path, members):

@@ -1,4 +1,4 @@
-"""Tests of the PNG pictures (fastdata.viz)."""
+"""Tests of the PNG pictures (fastdata.pictures.plots)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fastdata import viz
+from fastdata.pictures import plots as viz
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastdata import ShardWriter, iter_samples
-from fastdata.writer import check_key, encode_value
+from fastdata.shards.writer import check_key, encode_value
 
 
 def test_maxcount_splits_and_counts(tmp_path):

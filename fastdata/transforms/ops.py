@@ -76,7 +76,7 @@ class DecodeImage(Transform):
 
     Args:
         reduce: let the JPEG decoder shrink by DCT scaling when the resize after it shrinks
-            by 2x or more anyway (NOTE [ DCT scaling ] in :mod:`fastdata.decode`).
+            by 2x or more anyway (NOTE [ DCT scaling ] in :mod:`fastdata.decode.images`).
     """
 
     stage = "decode"

@@ -26,24 +26,40 @@ resampling in float by the uint8 rounding only (at most 0.5/255).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
-from fastdata import roi
-from fastdata.decode import decode_image, image_format, image_size
+from fastdata.decode import roi
+from fastdata.decode.images import decode_image, image_format, image_size
 from fastdata.errors import DecodeError
 from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
 from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
-from fastdata.transforms.ops import (
-    DecodeImage,
-    Normalize,
-    RandomHorizontalFlip,
-    RandomVerticalFlip,
-    ToDtype,
-    Transform,
-)
 
 CHANNELS = 3
+
+# NOTE [ Transforms declare, the plan runs them ]
+# The plan reads the steps of a pipeline through what they declare (``stage``, ``declare``,
+# ``apply`` and their parameters) and the names of their classes, and never imports
+# :mod:`fastdata.transforms.ops`: the ops module sits above the plan (a single step called on
+# a sample runs through the plan), so the two do not import each other.
+_FLIP_AXES = {"RandomVerticalFlip": 0, "RandomHorizontalFlip": 1}
+
+
+class Step(Protocol):
+    """What the plan needs of a transform (:class:`fastdata.transforms.ops.Transform`)."""
+
+    stage: str  # "decode", "sample" or "batch"
+
+    def declare(self, size: tuple[int, int] | None) -> tuple[int, int] | None: ...
+
+    def apply(self, geom: Geometry, rng: np.random.Generator) -> None: ...
+
+
+def _is(step: Step, name: str) -> bool:
+    """Whether ``step`` is the transform class ``name`` (one of :mod:`.ops`)."""
+    return type(step).__name__ == name
 
 
 def _as_hwc(src) -> np.ndarray:
@@ -96,10 +112,10 @@ class Plan:
         PlanError: the steps cannot be compiled (two resizes, Normalize before ToDtype...).
     """
 
-    def __init__(self, transforms: list[Transform]) -> None:
+    def __init__(self, transforms: list[Step]) -> None:
         self.transforms = list(transforms)
         self.sample_ops = [t for t in self.transforms if t.stage == "sample"]
-        decoders = [t for t in self.transforms if isinstance(t, DecodeImage)]
+        decoders = [t for t in self.transforms if t.stage == "decode"]
         self.reduce = decoders[-1].reduce if decoders else True
         resizes = [
             t for t in self.sample_ops if type(t).__name__ in ("Resize", "RandomResizedCrop")
@@ -113,12 +129,12 @@ class Plan:
         self._direct = self._direct_steps()
         self._stage = None
         if self._direct is not None:
-            from fastdata import smallbatch  # imports this package
+            from fastdata.transforms.stages import png as smallbatch  # imports this package
 
             if smallbatch.AVAILABLE:
                 self._stage = smallbatch.SmallPngStage(*self._direct)
         elif (resized := self._crop_steps()) is not None:
-            from fastdata import jpegbatch  # imports this package
+            from fastdata.transforms.stages import jpeg as jpegbatch  # imports this package
 
             if jpegbatch.available():
                 self._stage = jpegbatch.JpegCropStage(*resized, self.reduce)
@@ -135,7 +151,7 @@ class Plan:
         identical to the general path's (tested).
 
         The same plans also get a batch-level stage for PNG bytes (:meth:`chunk_into`,
-        :mod:`fastdata.smallbatch`) that the batch engine runs on whole chunks of samples;
+        :mod:`fastdata.transforms.stages.png`) that the batch engine runs on whole chunks of samples;
         it draws its parameters from a counter-based hash instead of ``rng`` (NOTE
         [ Counter-based draws ]) and leaves what it declines to :meth:`sample_into`.
         """
@@ -145,8 +161,8 @@ class Plan:
         """``(crop, flips)`` when the sample stage is RandomResizedCrop then flips only.
 
         Such plans (the ImageNet training pipeline) get a batch-level stage for JPEG bytes
-        (:meth:`chunk_into`, :mod:`fastdata.jpegbatch`), with the counter-based draws of
-        NOTE [ Counter-based draws ] in :mod:`fastdata.smallbatch`.
+        (:meth:`chunk_into`, :mod:`fastdata.transforms.stages.jpeg`), with the counter-based draws of
+        NOTE [ Counter-based draws ] in :mod:`fastdata.transforms.stages.png`.
         """
         return self._step_then_flips("RandomResizedCrop")
 
@@ -157,9 +173,9 @@ class Plan:
         if not ops or type(ops[0]).__name__ != name:
             return None
         flips = ops[1:]
-        if any(type(t) not in (RandomHorizontalFlip, RandomVerticalFlip) for t in flips):
+        axes = [_FLIP_AXES.get(type(t).__name__) for t in flips]
+        if None in axes:
             return None
-        axes = [0 if type(t) is RandomVerticalFlip else 1 for t in flips]
         return ops[0], [(t.p, a) for t, a in zip(flips, axes, strict=True)]
 
     @property
@@ -174,7 +190,7 @@ class Plan:
         Args:
             sources: each sample's encoded bytes (None for one that could not be read).
             indices: each sample's index in the epoch.
-            key: the epoch's 128-bit key (``fastdata.engine.SampleRng.key``).
+            key: the epoch's 128-bit key (``fastdata.loading.engine.SampleRng.key``).
             out: ``(len(sources), H, W, 3)`` uint8 slots.
 
         Returns:
@@ -210,11 +226,11 @@ class Plan:
     def _batch_stage(self):
         dtype, scale, mean, std = torch.uint8, False, None, None
         for t in self.transforms:
-            if isinstance(t, ToDtype):
+            if _is(t, "ToDtype"):
                 if dtype != torch.uint8 and t.dtype != dtype:
                     raise PlanError("two ToDtype steps with different dtypes cannot be fused")
                 dtype, scale = t.dtype, scale or t.scale
-            elif isinstance(t, Normalize):
+            elif _is(t, "Normalize"):
                 if dtype == torch.uint8:
                     raise PlanError(
                         "Normalize needs a float input: put ToDtype(torch.float32, scale=True) before it"
@@ -291,7 +307,7 @@ class Plan:
 
     def _render_region(self, src, geom: Geometry, out: np.ndarray, url, key, field) -> bool:
         """Decode only the source pixels the output needs, then resample (NOTE [ Decoding
-        only the crop ] in :mod:`fastdata.roi`); False where it does not apply (not a
+        only the crop ] in :mod:`fastdata.decode.roi`); False where it does not apply (not a
         JPEG, DCT scaling applies, no region decoder here, a CMYK JPEG)."""
         if image_format(src) != "jpeg" or (self.reduce and geom.reducible() is not None):
             return False
@@ -405,7 +421,7 @@ class Plan:
 
 
 def run_sequential(
-    transforms: list[Transform], sample, rng: np.random.Generator | None = None
+    transforms: list[Step], sample, rng: np.random.Generator | None = None
 ) -> torch.Tensor:
     """Apply steps one at a time to one sample (for pipelines one plan cannot express).
 
@@ -430,11 +446,11 @@ def run_sequential(
     return torch.from_numpy(np.ascontiguousarray(_as_hwc(current))).permute(2, 0, 1).contiguous()
 
 
-def _float_steps(transforms: list[Transform], x: torch.Tensor) -> torch.Tensor:
+def _float_steps(transforms: list[Step], x: torch.Tensor) -> torch.Tensor:
     for t in transforms:
-        if isinstance(t, ToDtype):
+        if _is(t, "ToDtype"):
             x = x.to(t.dtype)
-        elif isinstance(t, Normalize):
+        elif _is(t, "Normalize"):
             mean = torch.tensor(t.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
             std = torch.tensor(t.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
             x = (x - mean) / std

@@ -1,0 +1,302 @@
+"""``fastdata.DataLoader``: torch's DataLoader, plus a one-keyword fast path.
+
+Without new arguments it *is* ``torch.utils.data.DataLoader`` (a subclass that changes
+nothing): the same arguments, defaults, validation, batches, worker processes, seeding,
+errors, timeouts and persistent workers, at the same speed and memory. Existing scripts
+switch by changing one import.
+
+``compile=True`` takes over the iteration when the dataset is a torchvision
+``ImageFolder``/``DatasetFolder`` whose transform fastdata can compile (see
+``fastdata.loading.compile``): indices still come from the very same sampler (so shuffling gives
+the same order as torch for the same generator), but decoding and the geometric transforms
+run in a thread pool straight into preallocated uint8 batches, and the conversion and
+normalisation run once per batch, on ``device`` when given (see ``fastdata.loading.engine``).
+Batches are ``[images, labels]`` like torch's default collation of ``(image, label)``
+pairs: a float NCHW tensor and an int64 tensor. What cannot be compiled is named in a
+warning and runs on the drop-in path.
+
+NOTE [ compile=True and worker arguments ]
+On the compiled path ``num_workers`` is the number of worker threads or processes (0: the
+work runs in the iterating thread; ``worker_mode`` chooses), ``timeout`` bounds the wait
+for one batch, ``prefetch_factor`` sets how many batches are queued ahead of the consumer
+(all workers share each batch), and ``persistent_workers`` keeps the workers between
+epochs. ``worker_init_fn`` and ``multiprocessing_context`` are not used there: the
+transforms' randomness comes from a per-sample generator seeded from the loader's
+``generator`` (see NOTE [ Per-sample randomness ] in ``fastdata.loading.engine``), not from the
+workers' global RNGs, and worker processes are forked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import torch
+import torch.utils.data
+from torch.utils.data import get_worker_info
+
+from fastdata.loading.compile import CompiledFolder, compile_folder
+from fastdata.loading.engine import ON_ERROR, BatchEngine, EngineStats
+
+__all__ = ["DataLoader", "get_worker_info"]
+
+WORKER_MODES = ("auto", "threads", "processes")
+# Samples of at most this many output pixels are cheap to decode and transform, so the
+# Python around them (GIL held) dominates: worker processes, not threads, there.
+SMALL_IMAGE_PIXELS = 64 * 64
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class DataLoader(torch.utils.data.DataLoader[T_co]):
+    """A drop-in ``torch.utils.data.DataLoader`` with an optional compiled fast path.
+
+    Every argument up to ``in_order`` is torch's, with torch's defaults and meaning.
+
+    Args:
+        compile: run torchvision image folders and transforms on the compiled path;
+            falls back (with a warning naming the reason) when they cannot be compiled.
+        device: where batches are delivered (``"cuda"``, ``"cpu"``...); on the
+            compiled path the uint8 batch is copied there and converted there. None keeps
+            them where torch's DataLoader leaves them.
+        memory_format: layout of the compiled path's image batches
+            (``torch.contiguous_format`` or ``torch.channels_last``).
+        on_error: compiled path only: ``"raise"``, ``"skip"`` or ``"warn"`` for an image
+            that cannot be read or decoded; skips are counted in ``stats``.
+        worker_mode: compiled path only: ``"threads"``, ``"processes"`` or ``"auto"``
+            (processes for small images the batch-level stage does not cover, threads
+            otherwise; NOTE [ Threads, not processes ] in ``fastdata.loading.engine``).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Any = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Any = None,
+        multiprocessing_context: Any = None,
+        generator: torch.Generator | None = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        compile: bool = False,
+        device: torch.device | str | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        on_error: str = "raise",
+        worker_mode: str = "auto",
+    ) -> None:
+        super().__init__(
+            dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
+            pin_memory, drop_last, timeout, worker_init_fn, multiprocessing_context,
+            generator, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device, in_order=in_order,
+        )  # fmt: skip
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if worker_mode not in WORKER_MODES:
+            raise ValueError(f"worker_mode must be one of {WORKER_MODES}, got {worker_mode!r}")
+        if memory_format not in (torch.contiguous_format, torch.channels_last):
+            raise ValueError(
+                "memory_format must be torch.contiguous_format or torch.channels_last, "
+                f"got {memory_format!r}"
+            )
+        self.device = torch.device(device) if device is not None else None
+        self.memory_format = memory_format
+        self.on_error = on_error
+        self.worker_mode = worker_mode
+        self.compiled: CompiledFolder | None = None
+        self._stats = EngineStats()
+        self._epoch = 0
+        self._spare_engine: BatchEngine | None = None  # NOTE [ Buffers outlive the epoch ]
+        if compile:
+            self.compiled = self._compile()
+
+    def _compile(self) -> CompiledFolder | None:
+        reasons = [] if self._auto_collation else ["batch_size=None (automatic batching off)"]
+        compiled = None
+        if not reasons:
+            compiled, reasons = compile_folder(self.dataset, collate_fn=self.collate_fn)
+        if compiled is None:
+            warnings.warn(
+                "DataLoader(compile=True) could not compile: "
+                + "; ".join(reasons)
+                + ". These batches are produced by the uncompiled DataLoader instead.",
+                stacklevel=3,
+            )
+        return compiled
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters of the compiled path over all epochs (batches, samples, skips, waits)."""
+        return self._stats
+
+    def __iter__(self) -> Any:
+        hook = getattr(self.dataset, "__fastdata_iter__", None)
+        if hook is not None:  # a dataset with its own batch path (ShardDataset)
+            return hook(self)
+        if self.compiled is None:
+            batches = super().__iter__()
+            return batches if self.device is None else _moved(batches, self.device)
+        if self.persistent_workers and self._iterator is not None:
+            self._iterator._reset(self)
+            return self._iterator
+        iterator = _CompiledIter(self)
+        if self.persistent_workers:
+            self._iterator = iterator
+        return iterator
+
+    def state_dict(self) -> dict:
+        """The dataset's iteration state (for datasets that have one, such as ShardDataset).
+
+        Raises:
+            TypeError: the dataset keeps no iteration state.
+        """
+        if not hasattr(self.dataset, "state_dict"):
+            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to save")
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the dataset's iteration state saved by ``state_dict``."""
+        if not hasattr(self.dataset, "load_state_dict"):
+            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to restore")
+        self.dataset.load_state_dict(state)
+
+    def _take_engine(self) -> BatchEngine:
+        """The engine of a finished epoch if one is spare, else a new one.
+
+        NOTE [ Buffers outlive the epoch ]
+        An engine owns its ring of uint8 batches and its pool of output batches (NOTE [
+        Output reuse ] in ``fastdata.loading.buffers``): a few hundred MB for ImageNet-sized
+        batches, which the kernel zero-fills page by page on first touch. Building them
+        for every epoch costs about 0.1 ms of page faults per sample on a 1,500-image
+        epoch. So an iterator that ends (exhausted or dropped) stops its workers, as
+        torch's iterator does, and hands its idle engine back to the loader, whose next
+        iterator reuses the buffers. Only an idle engine is handed back and only one
+        iterator takes it, so two iterators of the same loader never share buffers.
+        """
+        engine, self._spare_engine = self._spare_engine, None
+        return engine if engine is not None else self._build_engine()
+
+    def _build_engine(self) -> BatchEngine:
+        """A batch engine for one iterator (kept across epochs with persistent workers)."""
+        in_flight = max(2, self.prefetch_factor or 2)  # every worker helps with each batch
+        return BatchEngine(
+            self.compiled.plan,
+            self.batch_size or getattr(self.batch_sampler, "batch_size", None) or 1,
+            num_threads=self.num_workers,
+            ring_size=in_flight + 1,
+            device=self.device,
+            memory_format=self.memory_format,
+            on_error=self.on_error,
+            timeout=self.timeout,
+            stats=self._stats,
+            processes=self._use_processes(),
+        )
+
+    def _use_processes(self) -> bool:
+        """Threads or processes for the compiled path (NOTE [ Threads, not processes ])."""
+        if self.worker_mode != "auto":
+            return self.worker_mode == "processes" and self.batch_size is not None
+        h, w, _ = self.compiled.plan.sample_shape
+        small = h * w <= SMALL_IMAGE_PIXELS and not self.compiled.batch_stage
+        return self.batch_size is not None and small
+
+
+class _CompiledIter:
+    """Iterator of the compiled path: the sampler's indices through the batch engine.
+
+    Like torch's iterator, it draws a base seed from the loader's ``generator`` before the
+    sampler draws its own, so the index order equals torch's for the same generator, and
+    (with persistent workers) keeps that base seed across epochs.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._loader = loader
+        self._engine: BatchEngine | None = loader._take_engine()
+        self._base_seed: int | None = None
+        self._batches: Iterator | None = None
+        self._reset(loader)
+
+    def _reset(self, loader: DataLoader, first_iter: bool = False) -> None:
+        self._close()
+        index_batches = iter(loader._index_sampler)
+        if self._base_seed is None:
+            self._base_seed = int(
+                torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
+            )
+        self._len = len(loader)
+        compiled = loader.compiled
+        epoch, loader._epoch = loader._epoch, loader._epoch + 1
+        batches = self._engine.iterate(
+            compiled.refs(index_batches), epoch=epoch, seed=self._base_seed
+        )
+        self._batches = batches
+        self._pin = loader.pin_memory and loader.device is None and torch.cuda.is_available()
+
+    def __iter__(self) -> _CompiledIter:
+        return self
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __next__(self) -> list:
+        if self._batches is None:
+            raise StopIteration
+        try:
+            images, labels = next(self._batches)
+        except StopIteration:
+            self._batches = None
+            if not self._loader.persistent_workers:
+                self._hand_back()
+            raise
+        if self._pin:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return [images, labels]
+
+    def _close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+    def _hand_back(self) -> None:
+        """Stops the workers and gives the idle engine to the loader (NOTE [ Buffers outlive the epoch ])."""
+        self._close()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+            if self._loader._spare_engine is None:
+                self._loader._spare_engine = engine
+
+    def __del__(self) -> None:
+        if getattr(self, "_engine", None) is not None:
+            self._hand_back()
+
+
+def _moved(batches: Iterator, device: torch.device) -> Iterator:
+    """Moves every tensor of each batch to ``device`` (non-blocking from pinned memory)."""
+    for batch in batches:
+        yield _to(batch, device)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return type(obj)({k: _to(v, device) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        moved = [_to(v, device) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else tuple(moved)
+    return obj

@@ -1,0 +1,158 @@
+"""``fastdata verify``: checks shards against the format rules and their index.
+
+Every problem is reported with its shard and key rather than stopping at the first:
+unreadable or truncated shards, bad tar headers, members without an extension, dotted
+folder names, dotted file names that split a key (``img.2.jpg`` read as key ``img`` with
+extension ``2.jpg``), a sample's files not contiguous, an extension twice in a sample, and
+sample counts, byte sizes and SHA-256 hashes that do not match the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+
+from fastdata.errors import FastdataError, ShardError
+from fastdata.shards.index import resolve_shards
+from fastdata.shards.tario import iter_members, split_name
+from fastdata.shards.urls import open_url
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a shard (``key`` is None for shard-level problems)."""
+
+    shard: str
+    message: str
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = self.shard + (f" [{self.key}]" if self.key is not None else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ShardScan:
+    """What reading one shard found."""
+
+    url: str
+    count: int
+    size: int
+    sha256: str
+    problems: list[Problem]
+
+
+class _HashingReader:
+    """Wraps a stream, counting and hashing the bytes read through it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.size += len(data)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def scan_shard(url: str) -> ShardScan:
+    """Reads one shard to the end, collecting every problem instead of raising."""
+    problems: list[Problem] = []
+    samples: dict[str, set[str]] = {}
+    order: list[str] = []
+    try:
+        with open_url(url) as raw:
+            stream = _HashingReader(raw)
+            for name, _ in iter_members(stream, url):
+                _check_member(url, name, samples, order, problems)
+            stream.drain()
+    except ShardError as exc:
+        problems.append(Problem(url, exc.message))
+        stream = locals().get("stream") or _HashingReader(None)
+    return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), problems)
+
+
+def _check_member(url: str, name: str, samples: dict, order: list, problems: list[Problem]) -> None:
+    key, ext = split_name(name)
+    if key is None:
+        if not (name.startswith("__") and "/" not in name):
+            problems.append(Problem(url, f"member {name!r} has no extension; readers skip it"))
+        return
+    folders = key.split("/")[:-1]
+    if any("." in part and part not in (".", "..") for part in folders):
+        problems.append(Problem(url, f"member {name!r} has a dotted folder name", key))
+    if "." in ext and ext.split(".", 1)[0].isdigit():
+        problems.append(Problem(url, f"member {name!r}: a dotted file name split the key (extension {ext!r})", key))
+    if key in samples and order[-1] != key:
+        problems.append(Problem(url, f"files of this sample are not contiguous ({name!r})", key))
+    elif key in samples and ext in samples[key]:
+        problems.append(Problem(url, f"extension {ext!r} twice in this sample", key))
+    if key not in samples:
+        samples[key] = set()
+        order.append(key)
+    samples[key].add(ext)
+
+
+def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
+    """Verifies shards; returns (problems, number of samples read).
+
+    Args:
+        shards: an index JSON path, or shard paths/patterns (the index beside them is
+            used when it exists).
+    """
+    urls, index_path, index = resolve_shards(shards)
+    expected = {s["name"]: s for s in index["shards"]} if index else {}
+    problems: list[Problem] = []
+    total = 0
+    scans = []
+    for url in urls:
+        if "://" not in url and not url.startswith("pipe:") and not os.path.exists(url):
+            problems.append(Problem(url, "missing"))
+            continue
+        scan = scan_shard(url)
+        scans.append(scan)
+        problems += scan.problems + _compare(scan, expected.get(os.path.basename(url)), index is not None)
+        total += scan.count
+    if index is not None and index.get("num_samples") not in (None, total) and len(scans) == len(urls):
+        problems.append(Problem(index_path, f"index says {index['num_samples']} samples, shards hold {total}"))
+    return problems, total
+
+
+def _compare(scan: ShardScan, entry: dict | None, indexed: bool) -> list[Problem]:
+    if entry is None:
+        return [Problem(scan.url, "not listed in the index")] if indexed else []
+    out = []
+    for field, actual in (("count", scan.count), ("bytes", scan.size), ("sha256", scan.sha256)):
+        if entry.get(field) != actual:
+            out.append(Problem(scan.url, f"{field} is {actual}, the index says {entry.get(field)}"))
+    return out
+
+
+def register(subparsers) -> None:
+    """Adds ``fastdata verify``."""
+    p = subparsers.add_parser("verify", help="check shards against the format rules and their index")
+    p.add_argument("shards", nargs="+", help="an index .json, or shard paths / brace patterns")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Runs ``fastdata verify``; exit status 1 when any problem is found."""
+    target = args.shards[0] if len(args.shards) == 1 else args.shards
+    try:
+        problems, total = verify(target)
+    except (FastdataError, ValueError) as exc:
+        print(f"fastdata verify: error: {exc}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(problem)
+    status = "OK" if not problems else f"{len(problems)} problems"
+    print(f"{status}: {total} samples checked")
+    return 1 if problems else 0

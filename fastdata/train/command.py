@@ -1,0 +1,90 @@
+"""The ``fastdata train`` command: arguments into ``fit``, or into a grid search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torch import nn
+
+from fastdata.train.grid import format_table, grid_search, parse_grid
+from fastdata.train.loop import IMAGENET_MEAN, IMAGENET_STD, fit, make_loaders, write_report
+from fastdata.train.metrics import format_report
+from fastdata.train.models import build_model, freeze
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the ``fastdata train`` sub-command."""
+    p = subparsers.add_parser("train", help="train or fine-tune a torchvision classifier")
+    p.add_argument("data", help="shards (an index .json or .tar patterns), an image folder "
+                   "(root/<class>/<image>), or a folder with train/ and val/")
+    p.add_argument("--val", help="validation shards or image folder (default: val.index.json beside a "
+                   "train index; for a folder, 10%% of DATA held out)")
+    p.add_argument("--model", default="resnet18", help="torchvision model name (default resnet18)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--steps-per-epoch", type=int, help="stop each epoch after this many steps")
+    p.add_argument("--checkpoint", help="local weights to start from (fine-tuning); no downloads")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    p.add_argument("--train-last", type=int, default=0, metavar="N",
+                   help="with --freeze-backbone, also train the last N blocks")  # fmt: skip
+    p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2",
+                   help="grid search, e.g. --grid lr=1e-3,3e-4 batch_size=64,128")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--out", default="fastdata-train", help="output folder (default fastdata-train)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def _model_from_args(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    model = build_model(args.model, num_classes=num_classes, checkpoint=args.checkpoint)
+    if args.freeze_backbone:
+        freeze(model, train_last=args.train_last)
+    return model
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay, "steps_per_epoch": args.steps_per_epoch,
+        "device": args.device, "normalize": (IMAGENET_MEAN, IMAGENET_STD),
+        "progress": not args.no_progress, "seed": args.seed,
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``fastdata train``; returns the exit code."""
+    out = Path(args.out)
+    loader_kw = {"batch_size": args.batch_size, "image_size": args.image_size,
+                 "workers": args.workers, "seed": args.seed}  # fmt: skip
+    train_loader, val_loader, classes = make_loaders(args.data, args.val, **loader_kw)
+    if args.grid:
+        rows = grid_search(
+            parse_grid(args.grid),
+            lambda **kw: make_loaders(args.data, args.val, **{**loader_kw, **kw})[:2],
+            lambda: _model_from_args(args, len(classes)),
+            **{**_fit_kwargs(args), "seed": args.seed},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "grid.json").write_text(json.dumps(rows, indent=1))
+        (out / "grid.md").write_text(format_table(rows) + "\n")
+        print(format_table(rows))
+        return 0
+    model = _model_from_args(args, len(classes))
+    last = out / "checkpoints" / "last.pt"
+    result = fit(model, train_loader, val_loader=val_loader, **_fit_kwargs(args),
+                 checkpoint_dir=out / "checkpoints", resume=last if args.resume else None)  # fmt: skip
+    paths = write_report(result, classes, out)
+    if result.report is not None:
+        print(format_report(result.report, classes))
+    print(f"{result.samples_per_sec:.1f} samples/s, {result.data_wait_share:.0%} of the time"
+          f" waiting for data; report in {paths['history'].rsplit('/', 1)[0]}")  # fmt: skip
+    return 0
