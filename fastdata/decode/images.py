@@ -127,8 +127,12 @@ def _decode_jpeg(data: bytes, reduce_to: tuple[int, int] | None) -> np.ndarray:
     if reduce_to is not None and (min_h < 1 or min_w < 1):
         raise ValueError(f"reduce_to must be two positive sizes, got {reduce_to!r}")
     factor = 1.0 if reduce_to is None else 2.0
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    if colorspace in ("CMYK", "YCCK"):
+        # simplejpeg's CMYK->RGB differs from Pillow's (which torchvision's
+        # loader uses) by up to 2/255; Pillow decodes these (rare) files instead.
+        raise ValueError(f"{colorspace} JPEG: decoded by Pillow")
     if reduce_to is not None:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         if height < 2 * min_h or width < 2 * min_w:
             # No 1/2 scaling possible; M/8 scalings above 1/2 are slower than a full decode.
             factor, min_h, min_w = 1.0, 0, 0
