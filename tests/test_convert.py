@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 import fastdata.convert.prepare as prepare_mod
-from fastdata import SourceError, iter_samples
+from fastdata import FastdataError, SourceError, iter_samples
 from fastdata.cli import main
 from fastdata.convert.command import ConvertOptions, convert
 from fastdata.convert.prepare import PrepareOptions
@@ -202,3 +203,9 @@ def test_cli_convert_and_verify(folder, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nothing"), pattern]) == 1
     assert "no such file" in capsys.readouterr().err
     assert json.loads((tmp_path / "cli/train.index.json").read_text())["num_samples"] == 16
+
+
+def test_missing_ray_says_how_to_install(monkeypatch, tmp_path, folder):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` meets when it is not installed
+    with pytest.raises(FastdataError, match=r"pip install 'fastdata\[ray\]'"):
+        convert(str(folder), str(tmp_path / "o/s-%d.tar"), ConvertOptions(engine="ray"))

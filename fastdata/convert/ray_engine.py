@@ -68,7 +68,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
         ray.shutdown()
 
 
-def _task(source, task: ShardTask, settings: TaskSettings) -> dict[str, Any]:
+def _task(source, task: ShardTask, settings: TaskSettings) -> tuple[dict[str, Any], bool]:
     return run_shard_task(source, task, settings)
 
 
@@ -105,7 +105,7 @@ class RayEngine:
     def digests(self, tasks: list[ShardTask]) -> list[str | None]:
         """The content digest of every item of ``tasks``, in order (one Ray task per shard)."""
         results: dict[int, list[str | None]] = {}
-        self._map(_digests, tasks, lambda task, value, reused: results.__setitem__(task.number, value))
+        self._map(_digests, tasks, results.__setitem__)
         return [d for task in tasks for d in results[task.number]]
 
     def run(self, tasks: list[ShardTask], settings: TaskSettings,
@@ -113,10 +113,11 @@ class RayEngine:
         """Runs the tasks; returns their parts in task order (see ``LocalEngine.run``)."""
         parts: dict[int, dict[str, Any]] = {}
 
-        def done(task: ShardTask, part: dict[str, Any], _: bool) -> None:
-            parts[task.number] = part
-            on_done(task, False)
+        def done(number: int, result: tuple[dict[str, Any], bool]) -> None:
+            parts[number] = result[0]
+            on_done(by_number[number], result[1])
 
+        by_number = {task.number: task for task in tasks}
         self._map(_task, tasks, done, settings)
         return [parts[task.number] for task in tasks]
 
@@ -129,7 +130,7 @@ class RayEngine:
                 ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=0.5)
                 for ref in ready:
                     task = pending.pop(ref)
-                    on_result(task, self._get(ray, ref, task), False)
+                    on_result(task.number, self._get(ray, ref, task))
         finally:
             for ref in pending:
                 ray.cancel(ref)

@@ -123,15 +123,16 @@ class ShardBuilder:
         self.writer.abort()
 
 
-def run_shard_task(source, task: ShardTask, settings: TaskSettings) -> dict[str, Any]:
-    """Runs one task in this process: returns its part, reusing a whole one from an earlier run.
+def run_shard_task(source, task: ShardTask, settings: TaskSettings) -> tuple[dict[str, Any], bool]:
+    """Runs one task in this process: returns its part, and whether it is a whole one that
+    an earlier run left (and so was reused).
 
     Raises:
         SourceError: an item cannot be read or decoded and ``drop_corrupt`` is off.
     """
     part = whole_part(task, settings)
     if part is not None:
-        return part
+        return part, True
     builder = ShardBuilder(task, settings)
     try:
         for offset, item in enumerate(task.items):
@@ -140,7 +141,7 @@ def run_shard_task(source, task: ShardTask, settings: TaskSettings) -> dict[str,
                 continue
             prepared = prepare_item(source, item, task.start + offset, settings.prepare, task.stats[offset])
             builder.add(offset, prepared, lambda item=item: source.read(item)[1])
-        return builder.finish()
+        return builder.finish(), False
     except BaseException:
         builder.abort()
         raise
