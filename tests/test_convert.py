@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_remote import served  # noqa: F401  (the local HTTP server fixture)
 from torchvision.datasets import ImageFolder
 
 import fastdata.convert.prepare as prepare_mod
-from fastdata import FastdataError, SourceError, iter_samples
+from fastdata import FastdataError, ShardWriter, SourceError, iter_samples
 from fastdata.cli import main
 from fastdata.convert.command import ConvertOptions, convert
 from fastdata.convert.prepare import PrepareOptions
@@ -83,10 +84,12 @@ def test_seeded_shuffle_is_a_permutation(folder, tmp_path):
     assert sorted(keys["a"]) == sorted(keys["none"]) and keys["a"] != keys["none"]
 
 
-def test_statistics_match_float64_numpy(tmp_path):
+@pytest.mark.parametrize("maxcount", [10_000, 2])  # one shard, or three shard parts merged
+def test_statistics_match_float64_numpy(tmp_path, maxcount):
     rng = np.random.default_rng(2)
     images = [write_image(str(tmp_path / f"src/c{i % 2}/{i}.png"), rng, fmt="PNG") for i in range(6)]
-    report = convert(str(tmp_path / "src"), str(tmp_path / "o/s-%d.tar"))
+    report = convert(str(tmp_path / "src"), str(tmp_path / "o/s-%d.tar"), ConvertOptions(maxcount=maxcount))
+    assert len(report.shards) == 6 // min(maxcount, 6)
     stats = read_index(report.index_path)["stats"]
     pixels = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.float64) / 255
     np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-6)
@@ -191,6 +194,35 @@ def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, mo
         with pytest.raises(KeyboardInterrupt):
             convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), opts)
         convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), ConvertOptions(maxcount=4))
+
+
+def test_maxsize_cuts_shards_where_shard_writer_does(folder, tmp_path):
+    report = convert(str(folder), str(tmp_path / "o/s-%04d.tar"), ConvertOptions(maxsize=6_000, shuffle_seed=4))
+    assert len(report.shards) > 3
+    reference = ImageFolder(str(folder))
+    by_key = {os.path.splitext(os.path.relpath(p, folder))[0].replace(".", "_"): (p, c) for p, c in reference.samples}
+    keys = [s["__key__"] for s in read_all(report.index_path)[1]]
+    with ShardWriter(str(tmp_path / "ref/s-%04d.tar"), maxsize=6_000) as sink:
+        for key in keys:
+            path, label = by_key[key]
+            ext = "jpg" if path.lower().endswith(("jpg", "jpeg")) else "png"
+            sink.write({"__key__": key, ext: open(path, "rb").read(), "cls": label})
+    assert report.shards == [s.to_dict() for s in sink.shards]
+
+
+def test_http_folder_and_manifest_through_fsspec(folder, tmp_path, served):  # noqa: F811
+    pytest.importorskip("aiohttp")
+    rows = ["path,label"] + [f"photos/ant/img.{i}.{['jpg', 'png', 'JPEG'][i % 3]},{i % 2}" for i in range(7)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    url = served[1]
+    for src, workers in [("photos", 0), ("m.csv", 2)]:
+        local = convert(str(tmp_path / src), str(tmp_path / f"local-{src}/s-%d.tar"), ConvertOptions(maxcount=5))
+        remote = convert(f"{url}/{src}", str(tmp_path / f"http-{src}/s-%d.tar"),
+                         ConvertOptions(maxcount=5, workers=workers))
+        assert remote.shards == local.shards and remote.written == local.written > 0
+        assert read_index(remote.index_path)["source"]["kind"] == read_index(local.index_path)["source"]["kind"]
+    with pytest.raises(SourceError, match="nothing.csv: cannot read"):
+        convert(f"{url}/nothing.csv", str(tmp_path / "x/s-%d.tar"))
 
 
 def test_cli_convert_and_verify(folder, tmp_path, capsys):
