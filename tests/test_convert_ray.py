@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from fastdata.convert.command import ConvertOptions, convert
 from fastdata.convert.prepare import PrepareOptions
 
 ray = pytest.importorskip("ray")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +128,15 @@ def test_cli_engine_ray_against_the_running_instance(ray_instance, photos, tmp_p
                  "--ray-address", ray_instance, "--no-progress"]) == 0
     assert "wrote 18 samples in 4 shards" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "cli/train.index.json")]) == 0
+
+
+def test_bench_convert_smoke_with_ray(ray_instance):
+    spec = importlib.util.spec_from_file_location("bench_convert", ROOT / "benchmarks" / "bench_convert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--images", "20", "--repeats", "1", "--engine", "ray", "--maxcount", "5"])
+    rows = [line for line in result.splitlines() if line.startswith(("| webdataset", "| fastdata"))]
+    assert len(rows) == 3 and "--engine ray" in rows[1]
 
 
 @pytest.mark.slow
