@@ -98,15 +98,24 @@ def main(argv: list[str] | None = None) -> str:
                 "fastdata convert -j 0 (default: 500 images decoded for stats)": fastdata_candidate(0, 500, m),
                 "fastdata convert -j 2 (default: 500 images decoded for stats)": fastdata_candidate(2, 500, m),
             }
-        notes = ""
+        notes, started_ray = "", False
         if args.engine in ("ray", "both"):
-            notes = f"\nRay start-up (not counted): {start_ray():.1f} s; --maxcount {m}\n"
+            seconds = start_ray()
+            started_ray = seconds > 0
+            notes = f"\nRay start-up (not counted): {seconds:.1f} s; --maxcount {m}\n"
             candidates |= {
                 "fastdata convert --engine ray --stats-samples 0": fastdata_candidate(0, 0, m, "ray"),
                 "fastdata convert --engine ray (default: 500 images decoded for stats)":
                     fastdata_candidate(0, 500, m, "ray"),
             }
-        result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process") + notes
+        try:
+            result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process")
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        result += notes
     print(result)
     return result
 
