@@ -164,6 +164,23 @@ def test_dedupe_and_corrupt_images(folder, tmp_path):
     assert report.written == 16
 
 
+def test_dedupe_across_shards_equals_one_sequential_pass(folder, tmp_path):
+    (folder / "ant" / "copy.jpg").write_bytes((folder / "zebra" / "img.3.jpg").read_bytes())
+    good = (folder / "ant" / "img.0.jpg").read_bytes()
+    (folder / "Moth" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "zebra" / "broken_too.jpg").write_bytes(good[: len(good) // 2])  # a duplicate of a corrupt file
+    reports = [convert(str(folder), str(tmp_path / f"m{m}/s-%d.tar"),
+                       ConvertOptions(maxcount=m, dedupe=True, drop_corrupt=True, shuffle_seed=0))
+               for m in (10_000, 2)]  # fmt: skip
+    one, many = reports
+    assert len(one.shards) == 1 and len(many.shards) > 5
+    assert one.duplicates == many.duplicates and len(one.duplicates) == 1
+    assert one.skipped == many.skipped
+    assert sorted(os.path.basename(s["source"]) for s in one.skipped) == ["broken.jpg", "broken_too.jpg"]
+    keys = [[s["__key__"] for s in read_all(r.index_path)[1]] for r in reports]
+    assert keys[0] == keys[1] and len(keys[0]) == one.written == 16
+
+
 def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, monkeypatch):
     opts = ConvertOptions(maxcount=3, shuffle_seed=1, dedupe=True, drop_corrupt=True)
     clean = convert(str(folder), str(tmp_path / "clean/s-%03d.tar"), opts)
