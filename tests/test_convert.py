@@ -181,6 +181,20 @@ def test_dedupe_across_shards_equals_one_sequential_pass(folder, tmp_path):
     assert keys[0] == keys[1] and len(keys[0]) == one.written == 16
 
 
+def test_a_shard_whose_samples_are_all_dropped_is_written_empty(folder, tmp_path):
+    """No gap in the numbering: a brace pattern over the shards still reads every sample."""
+    good = (folder / "ant" / "img.0.jpg").read_bytes()
+    (folder / "ant" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    report = convert(str(folder), str(tmp_path / "o/s-%03d.tar"),
+                     ConvertOptions(maxcount=1, drop_corrupt=True))  # fmt: skip
+    counts = [s["count"] for s in read_index(report.index_path)["shards"]]
+    assert len(report.skipped) == 1 and sorted(counts)[:2] == [0, 1] and sum(counts) == report.written
+    names = sorted(os.listdir(tmp_path / "o"))
+    assert names[:-1] == [f"s-{n:03d}.tar" for n in range(len(counts))]
+    pattern = str(tmp_path / f"o/s-{{000..{len(counts) - 1:03d}}}.tar")
+    assert len(list(iter_samples(pattern))) == report.written
+
+
 def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, monkeypatch):
     opts = ConvertOptions(maxcount=3, shuffle_seed=1, dedupe=True, drop_corrupt=True)
     clean = convert(str(folder), str(tmp_path / "clean/s-%03d.tar"), opts)

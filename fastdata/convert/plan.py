@@ -17,8 +17,9 @@ so such shards can be larger or smaller than ``--maxsize``: bound them with ``--
 Remote manifests report no sizes and are cut by ``--maxcount`` alone. A sample that is
 skipped (``--drop-corrupt``) or a duplicate (``--dedupe``) leaves a gap in its shard
 instead of moving the later samples forward, so a shard may hold fewer samples than
-planned; a shard whose samples are all left out is not written at all (the index lists
-the shards that exist).
+planned; a shard whose samples are all left out is written empty (a valid tar with no
+member, listed in the index with 0 samples), so the numbered series has no gap that a
+brace pattern such as ``train-{000000..000009}.tar`` would trip over.
 
 NOTE [ Exact de-duplication across shards ]
 With ``--dedupe`` the first occurrence of a content (in the sample order) is stored and

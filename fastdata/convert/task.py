@@ -102,8 +102,9 @@ class ShardBuilder:
                 self.stats.add_pixels(*prepared.pixel_sums)
 
     def finish(self) -> dict[str, Any]:
-        """Completes the shard (if it holds any sample) and writes the part; returns the part."""
-        shards = self.writer.close()
+        """Completes the shard (empty when every sample was left out: NOTE [ Shard tasks ])
+        and writes the part; returns the part."""
+        shards = self.writer.close(empty_shard=True)
         part = {
             "fingerprint": self.settings.fingerprint, "number": self.task.number, "start": self.task.start,
             "planned": len(self.task), "shard": shards[0].to_dict() if shards else None,

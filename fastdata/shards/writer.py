@@ -229,8 +229,15 @@ class ShardWriter:
         if self.on_shard is not None:
             self.on_shard(info)
 
-    def close(self) -> list[ShardInfo]:
-        """Completes the last shard; returns the infos of every shard written."""
+    def close(self, empty_shard: bool = False) -> list[ShardInfo]:
+        """Completes the last shard; returns the infos of every shard written.
+
+        Args:
+            empty_shard: when no sample was written at all, write one empty shard (a valid
+                tar of no members), so that a numbered series of shards has no gap.
+        """
+        if empty_shard and not self.shards:
+            self._shard_for_next()
         self._finish_current()
         return self.shards
 
