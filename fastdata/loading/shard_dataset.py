@@ -137,6 +137,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.index = index
         self._rank, self._world_size = rank, world_size
         self._counts: list[int] | None | bool = False  # False: not looked up yet
+        self._scan_errors: dict[int, Exception] = {}  # shards counted by scanning that broke off
         self._sample_shape: tuple[int, int, int] | None = None
         self._epoch = 0
         self._resume: dict | None = None
@@ -294,7 +295,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if counts is not None:
             limit = min(rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=self.drop_last))
         start = {**start, "limit": limit}
-        spec = StreamSpec(self.urls, counts, self._read_fields(), self._prepare, self.on_error, self.buffer_size if self.shuffle else 1)
+        spec = self._spec(counts, stats)
         producers = [
             Producer(self._slot_batches(spec, order, start, w), threaded=threaded, prefetch=prefetch, name=f"rank {rank} worker {w}")
             for w in range(workers)
@@ -332,7 +333,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return True
         if any("://" in u or u.startswith("pipe:") for u in self.urls):
             return False
-        self._counts = [load_shard(u).n for u in self.urls]
+        maps = [load_shard(u) for u in self.urls]
+        self._counts = [m.n for m in maps]
+        self._scan_errors = {i: m.error for i, m in enumerate(maps) if m.error is not None}
         return True
 
     def _batch_epoch(self, workers: int, bs: int, threads: int, device, memory_format, timeout: float, ahead: int,
@@ -359,6 +362,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self._batch_loop(stream, schedule, epoch, header)
 
     def _batch_loop(self, stream: Any, schedule: Any, epoch: int, header: dict) -> Iterator:
+        for i in sorted(self._scan_errors):  # NOTE [ Bad shards without an index ]
+            self._shard_error(stream.stats, self._scan_errors[i])
         started = time.perf_counter()
         for b, images, extras in stream:
             samples = int(schedule.starts[b + 1])
@@ -370,6 +375,34 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 yield [images, *extras] if self.fields else images
             started = time.perf_counter()
         self._consumed = {**header, **_fresh_batch(epoch + 1), "limit": None}
+
+    def _shard_error(self, stats: EngineStats, err: Exception) -> None:
+        """A shard without an index broke off: raise, or count one skip.
+
+        NOTE [ Bad shards without an index ]
+        When no index gives the shards' sample counts, a shard that cannot be opened, is
+        empty, is not a tar, or breaks off (truncation, a bad header, a sample's files not
+        contiguous) has lost an unknown number of samples, so no placeholder can stand in
+        for them (NOTE [ Bad shards keep the batch count ] in ``fastdata.loading.stream``).
+        Every path then does what ``iter_samples`` does: under ``on_error="raise"`` the
+        shard's ``ShardError`` ends the epoch, under "skip"/"warn" the samples read before
+        the break are kept and the shard counts as one skipped item in ``stats`` (its URL
+        in ``skipped_keys``). The batch path reports the shards its count found broken when
+        the epoch starts; the streaming path when the reader reaches the break.
+        """
+        if self.on_error == "raise":
+            raise err
+        stats.skipped += 1
+        if len(stats.skipped_keys) < 100:
+            stats.skipped_keys.append(f"{getattr(err, 'url', None)}:{getattr(err, 'key', None)}")
+        if self.on_error == "warn":
+            warnings.warn(f"skipped the rest of a bad shard: {err}", stacklevel=3)
+
+    def _spec(self, counts: list[int] | None, stats: EngineStats) -> StreamSpec:
+        return StreamSpec(
+            self.urls, counts, self._read_fields(), self._prepare, self.on_error,
+            self.buffer_size if self.shuffle else 1, lambda err: self._shard_error(stats, err),
+        )  # fmt: skip
 
     def _slot_batches(self, spec: StreamSpec, order: list[int], start: dict, w: int) -> Iterator:
         state = start["slots"][w]
@@ -387,7 +420,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self.world()
         epoch = self._epoch
         order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        spec = StreamSpec(self.urls, self.counts(), self._read_fields(), self._prepare, self.on_error, self.buffer_size if self.shuffle else 1)
+        spec = self._spec(self.counts(), self.stats)
         a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
         slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
         rngs = SampleRng(self.seed, epoch, rank, worker)
