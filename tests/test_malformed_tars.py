@@ -238,3 +238,18 @@ def test_contiguity_errors_without_an_index(tmp_path, case):
     ds = ShardDataset(str(path), fields=("cls",), on_error="skip")
     list(ds.iter_batches(2, num_workers=0))
     assert ds.stats.skipped == 1
+
+
+def test_verify_cli_reports_every_shard_and_exits_1(shards):
+    """Each bad shard's own problem is printed, one line each, no traceback."""
+    names = ["octal_huge", "base256_2**88", "pax_no_space", "zeroed_header"]
+    paths = [shards[n] for n in names]
+    done = subprocess.run(
+        [sys.executable, "-m", "fastdata.cli", "verify", *paths], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stdout.splitlines()
+    for path in paths:
+        assert any(line.startswith(path + ":") for line in lines), (path, lines)
+    assert lines[-1].startswith(f"{len(lines) - 1} problem")
