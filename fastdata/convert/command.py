@@ -47,6 +47,7 @@ from fastdata.convert.prepare import (
 )
 from fastdata.convert.sources import open_source
 from fastdata.errors import FastdataError, SourceError
+from fastdata.shards.files import open_append, replace_into
 from fastdata.shards.index import StatsAccumulator, index_path_for_pattern, write_index
 from fastdata.shards.writer import ShardInfo, ShardWriter
 
@@ -217,7 +218,7 @@ class _Journal:
 
     def save(self, state: _State) -> None:
         if state.new_digests:
-            with open(self.digest_path, "a", encoding="utf-8") as f:
+            with open_append(self.digest_path) as f:  # NOTE [ Temporary files ]
                 f.writelines(f"{d} {k}\n" for d, k in state.new_digests)
             state.new_digests.clear()
         body = {
@@ -226,10 +227,8 @@ class _Journal:
             "next_pos": state.next_pos, "skipped": state.skipped, "duplicates": state.duplicates,
             "stats": state.stats.state(), "digests": len(state.seen), "fields": sorted(state.fields),
         }
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with replace_into(self.path) as f:  # NOTE [ Temporary files ]
             json.dump(body, f)
-        os.replace(tmp, self.path)
 
     def read_digests(self, count: int) -> dict[str, str]:
         if not count:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastdata.errors import FastdataError
+from fastdata.shards.files import replace_into
 
 FORMAT = "fastdata-index"
 VERSION = 1
@@ -70,11 +71,9 @@ def resolve_shards(shards: str | Iterable[str]) -> tuple[list[str], str | None, 
 def write_index(path: str, index: dict[str, Any]) -> None:
     """Writes an index atomically (temporary file, then rename)."""
     body = {"format": FORMAT, "version": VERSION, **index}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replace_into(path) as f:  # NOTE [ Temporary files ]
         json.dump(body, f, indent=1, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_index(path: str) -> dict[str, Any]:

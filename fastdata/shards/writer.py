@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fastdata.shards.files import create_new
+
 
 @dataclass
 class ShardInfo:
@@ -111,7 +113,7 @@ class TarShard:
         self.count = 0
         self.size = 0
         self._hash = hashlib.sha256()
-        self._file: BinaryIO = open(self.tmp_path, "wb")
+        self._file: BinaryIO = create_new(self.tmp_path)  # NOTE [ Temporary files ]
 
     def _put(self, data: bytes) -> None:
         self._file.write(data)
