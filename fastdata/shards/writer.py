@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -103,6 +104,25 @@ def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
     return bytes(header)
 
 
+_NUMBER_FIELD = re.compile(r"%0?\d*d")
+
+
+def check_pattern(pattern: str) -> None:
+    """Checks a shard pattern: one number field (``%d``, ``%06d``) in the file name, nothing else.
+
+    Raises:
+        ValueError: no number field, two, another conversion (``%s``), or a field in the folder.
+    """
+    folder, name = os.path.split(pattern)
+    name = name.replace("%%", "")
+    fields = _NUMBER_FIELD.findall(name)
+    if len(fields) != 1 or "%" in _NUMBER_FIELD.sub("", name) or "%" in folder.replace("%%", ""):
+        raise ValueError(
+            f"shard pattern {pattern!r} needs exactly one number field such as %06d in its file "
+            "name and no other % field (write %% for a literal %), e.g. out/train-%06d.tar"
+        )
+
+
 class TarShard:
     """One tar file being written under a temporary name; ``finish`` renames it."""
 
@@ -165,8 +185,7 @@ class ShardWriter:
         start_shard: int = 0,
         on_shard: Callable[[ShardInfo], None] | None = None,
     ) -> None:
-        if "%" not in pattern:
-            raise ValueError(f"shard pattern {pattern!r} needs a number field such as %06d")
+        check_pattern(pattern)
         if maxcount < 1 or maxsize < 1:
             raise ValueError(f"maxcount and maxsize must be positive, got {maxcount}, {maxsize}")
         self.pattern = pattern
