@@ -44,6 +44,7 @@ the buffered samples) and ``done``.
 from __future__ import annotations
 
 import json
+import numbers
 import time
 import warnings
 from collections import deque
@@ -132,6 +133,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.plan = compile_plan(transform) if transform is not None else None
         self.image = (image,) if isinstance(image, str) else tuple(image)
         self.fields = field_kinds(fields)
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, numbers.Integral) or buffer_size < 0:
+            raise ValueError(f"buffer_size must be a whole number of samples >= 0, got {buffer_size!r}")
+        if shuffle and buffer_size < 2:
+            raise ValueError(
+                f"shuffle=True needs buffer_size >= 2 (samples to shuffle among), got {buffer_size}; "
+                "use shuffle=False for the shards' order"
+            )
         self.shuffle, self.buffer_size, self.seed = bool(shuffle), int(buffer_size), int(seed)
         self.on_error, self.drop_last, self.pad_value = on_error, bool(drop_last), int(pad_value)
         self.index = index
@@ -267,8 +275,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             prefetch: batches each reader prepares ahead.
             stats: counters to add to (default ``self.stats``).
         """
-        if batch_size is None or batch_size < 1:
-            raise ValueError(f"ShardDataset needs a batch_size >= 1, got {batch_size}")
+        _check_iter_args(batch_size, num_workers, timeout, prefetch)
         if self.world()[1] > 1 and self.counts() is None:
             raise FastdataError("several ranks need the shards' sample counts")
         workers = max(1, int(num_workers))
@@ -520,6 +527,24 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     raise
                 self._sample_shape = (*src.shape[:2], 3)
         return self._sample_shape
+
+
+def _check_iter_args(batch_size: Any, num_workers: Any, timeout: Any, prefetch: Any) -> None:
+    """The front door of ``iter_batches``: each argument's type and range, named when wrong."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not whole(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of samples >= 1, got {batch_size!r}")
+    if not whole(num_workers) or num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 (everything in the calling thread) or more, got {num_workers!r}"
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {timeout!r}")
+    if not whole(prefetch) or prefetch < 1:
+        raise ValueError(f"prefetch must be a whole number of batches >= 1, got {prefetch!r}")
 
 
 def _fresh_batch(epoch: int) -> dict:
