@@ -221,3 +221,31 @@ def test_pixel_limit_on_the_loading_paths(tmp_path, pixel_limit, policy):
         else:
             batches = list(ds.iter_batches(3, num_workers=0))
             assert [len(b[0]) for b in batches] == [3, 3] and ds.stats.skipped == 1
+
+
+@pytest.mark.parametrize("worker_mode", ["threads", "processes"])
+def test_pixel_limit_on_the_compiled_dataloader(tmp_path, pixel_limit, worker_mode):
+    """ImageFolder + compile=True: the image over the limit is a counted skip (or the error)."""
+    import torchvision.transforms as tv
+    from torchvision.datasets import ImageFolder
+
+    import fastdata
+
+    for i in range(6):
+        size = (64, 64) if i == 2 else (16, 16)
+        Image.fromarray(_photo(*size, seed=i)).save(_mk(tmp_path, i))
+    pixel_limit(32 * 32)
+    data = ImageFolder(str(tmp_path), transform=tv.Compose([tv.CenterCrop(8), tv.ToTensor()]))
+    loader = fastdata.DataLoader(data, batch_size=3, num_workers=2, compile=True, on_error="skip",
+                                 worker_mode=worker_mode)  # fmt: skip
+    assert loader.compiled is not None
+    assert [len(b[0]) for b in loader] == [3, 3] and loader.stats.skipped == 1
+    strict = fastdata.DataLoader(data, batch_size=3, num_workers=2, compile=True, worker_mode=worker_mode)
+    with pytest.raises(DecodeError, match="larger than the limit"):
+        list(strict)
+
+
+def _mk(root, i: int):
+    folder = root / f"c{i % 2}"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{i}.png"
