@@ -62,7 +62,7 @@ import numpy as np
 from numba import njit
 
 from fastdata.errors import FastdataError, ShardError
-from fastdata.shards.tario import iter_members, split_name
+from fastdata.shards.tario import is_meta, iter_members, split_name
 from fastdata.shards.urls import open_url
 
 __all__ = ["ShardMap", "load_shard", "read_bytes"]
@@ -295,7 +295,7 @@ def _slow_scan(url: str, data: np.ndarray) -> ShardMap:
         for name, payload in iter_members(stream, url):
             end = stream.tell() - (-len(payload) % 512)
             key, ext = split_name(name)
-            if key is None or (name.startswith("__") and "/" not in name):
+            if key is None or is_meta(name):
                 continue
             if not keys or keys[-1] != key:
                 if key in keys:
@@ -426,7 +426,10 @@ def _name_parts(buf, hdr, key_len, key_hash, ext_hash, keep):
             if buf[p + k] == 46:
                 dot = k
                 break
-        meta = slash < 0 and length >= 2 and buf[p] == 95 and buf[p + 1] == 95
+        meta = (
+            slash < 0 and length >= 2 and buf[p] == 95 and buf[p + 1] == 95
+            and buf[p + length - 2] == 95 and buf[p + length - 1] == 95
+        )  # fmt: skip
         keep[m] = dot > slash + 1 and not meta
         key_len[m] = dot
         h = _FNV

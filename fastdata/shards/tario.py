@@ -36,6 +36,12 @@ _REGULAR = (b"0", b"\0", b"7")
 _META_PREFIX = "__"
 
 
+def is_meta(name: str) -> bool:
+    """Whether a member is webdataset metadata (``__name__`` at the top level), which readers skip."""
+    return "/" not in name and name.startswith(_META_PREFIX) and name.endswith(_META_PREFIX)
+
+
+
 def iter_samples(urls: str | Iterable[str], *, fields: set[str] | None = None) -> Iterator[dict]:
     """Yields the samples of the given shards, in order.
 
@@ -222,7 +228,7 @@ def group_samples(
     """Groups consecutive tar members by key into sample dicts.
 
     Members without an extension and webdataset metadata members (``__name__``) are
-    skipped, as the webdataset library does.
+    skipped, as the webdataset library does (a key that only starts with ``__`` is kept).
 
     Raises:
         ShardError: a key reappears after another key (files not contiguous), or a
@@ -232,7 +238,7 @@ def group_samples(
     seen: set[str] = set()
     for name, data in members:
         key, ext = split_name(name)
-        if key is None or (name.startswith(_META_PREFIX) and "/" not in name):
+        if key is None or is_meta(name):
             continue
         if sample is None or key != sample["__key__"]:
             if sample is not None:

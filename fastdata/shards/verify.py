@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fastdata.errors import FastdataError, ShardError
 from fastdata.shards.index import resolve_shards
-from fastdata.shards.tario import iter_members, split_name
+from fastdata.shards.tario import is_meta, iter_members, split_name
 from fastdata.shards.urls import open_url
 
 
@@ -86,7 +86,7 @@ def scan_shard(url: str) -> ShardScan:
 def _check_member(url: str, name: str, samples: dict, order: list, problems: list[Problem]) -> None:
     key, ext = split_name(name)
     if key is None:
-        if not (name.startswith("__") and "/" not in name):
+        if not is_meta(name):
             problems.append(Problem(url, f"member {name!r} has no extension; readers skip it"))
         return
     folders = key.split("/")[:-1]
