@@ -340,9 +340,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return True
         if any("://" in u or u.startswith("pipe:") for u in self.urls):
             return False
-        maps = [load_shard(u) for u in self.urls]
-        self._counts = [m.n for m in maps]
-        self._scan_errors = {i: m.error for i, m in enumerate(maps) if m.error is not None}
+        counts, self._scan_errors = [], {}
+        for i, url in enumerate(self.urls):  # one shard mapped at a time
+            smap = load_shard(url)
+            counts.append(smap.n)
+            if smap.error is not None:
+                self._scan_errors[i] = smap.error
+        self._counts = counts
         return True
 
     def _batch_epoch(self, workers: int, bs: int, threads: int, device, memory_format, timeout: float, ahead: int,
