@@ -272,3 +272,77 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path, folder):
     monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` meets when it is not installed
     with pytest.raises(FastdataError, match=r"pip install 'fastdata\[ray\]'"):
         convert(str(folder), str(tmp_path / "o/s-%d.tar"), ConvertOptions(engine="ray"))
+@pytest.mark.parametrize("extra, needle", [
+    (["--maxcount", "0"], "--maxcount"), (["--maxcount", "-5"], "--maxcount"),
+    (["--maxsize", "0"], "--maxsize"), (["--maxsize", "-1"], "--maxsize"),
+    (["--max-side", "0"], "--max-side"), (["--max-side", "-1"], "--max-side"),
+    (["-j", "-1"], "-j/--workers"), (["--stats-samples", "-1"], "--stats-samples"),
+    (["--labels", "labels.npy"], "--labels applies"),
+])  # fmt: skip
+def test_cli_convert_rejects_bad_options_in_one_line(folder, tmp_path, capsys, extra, needle):
+    pattern = str(tmp_path / "out/train-%06d.tar")
+    assert main(["convert", str(folder), pattern, "--no-progress", *extra]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["train.tar", "train-%d-%d.tar", "train-%s.tar", "train-%06d-%x.tar"])
+def test_cli_convert_rejects_patterns_without_one_number_field(folder, tmp_path, capsys, name):
+    assert main(["convert", str(folder), str(tmp_path / name), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "exactly one number field" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_convert_unwritable_output_folder(folder, tmp_path, capsys):
+    if os.geteuid() == 0:
+        target = "/proc/fastdata-out/train-%06d.tar"  # not writable even for root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "train-%06d.tar")
+    assert main(["convert", str(folder), target, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "output folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_convert_names_the_unreadable_file(folder, tmp_path, capsys):
+    (folder / "zebra" / "garbage.png").write_bytes(b"not a png at all")
+    assert main(["convert", str(folder), str(tmp_path / "o/s-%d.tar"), "--no-progress", "-j", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "garbage.png" in err and "BytesIO" not in err and " at 0x" not in err
+
+
+def test_cli_convert_plural_forms(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_image(str(tmp_path / "one/a/x.png"), rng, fmt="PNG")
+    assert main(["convert", str(tmp_path / "one"), str(tmp_path / "o/s-%d.tar"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 sample in 1 shard," in out
+    assert main(["verify", str(tmp_path / "o/s.index.json")]) == 0
+    assert "OK: 1 sample checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_during_convert_stops_in_one_line_and_resumes(folder, tmp_path, capsys, monkeypatch, workers):
+    real = prepare_mod.prepare_item
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("fastdata.convert.local_engine.prepare_item", dying)
+    args = ["convert", str(folder), str(tmp_path / "cut/s-%03d.tar"), "--maxcount", "3", "--no-progress",
+            "-j", workers, "--stats-samples", "0"]  # fmt: skip
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "re-run" in err or "again to resume" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not [f for f in os.listdir(tmp_path / "cut") if ".tmp" in f]
+    monkeypatch.setattr("fastdata.convert.local_engine.prepare_item", real)
+    assert main(args) == 0
+    assert "resumed an interrupted conversion" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "cut/s.index.json")]) == 0

@@ -234,3 +234,38 @@ def test_fastdata_dataloader_uses_the_stream(tmp_path):
     assert loader.state_dict() == ds.state_dict() and loader.state_dict()["epoch"] == 1  # the next epoch
     with pytest.raises(TypeError, match="keeps no iteration state"):
         fastdata.loading.dataloader.DataLoader(list(range(4))).state_dict()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"batch_size": 2.5}, "batch_size"), ({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"),
+    ({"timeout": -1}, "timeout"), ({"timeout": float("nan")}, "timeout"),
+    ({"prefetch": 0}, "prefetch"), ({"prefetch": -3}, "prefetch"),
+    ({"num_workers": -1}, "num_workers"), ({"num_workers": 1.5}, "num_workers"),
+])  # fmt: skip
+def test_iter_batches_validates_its_arguments(tmp_path, kwargs, name):
+    urls, _ = write_image_shards(str(tmp_path), 8, 4)
+    args = {"batch_size": 2, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        ShardDataset(urls, transform=T.Compose([T.CenterCrop(8)])).iter_batches(
+            args.pop("batch_size"), **args
+        )
+
+
+@pytest.mark.parametrize("kwargs", [{"buffer_size": -5, "shuffle": True}, {"buffer_size": -1},
+                                    {"buffer_size": 1, "shuffle": True}, {"buffer_size": 2.5}])  # fmt: skip
+def test_buffer_size_is_validated(tmp_path, kwargs):
+    urls, _ = write_image_shards(str(tmp_path), 4, 4)
+    with pytest.raises(ValueError, match="buffer_size"):
+        ShardDataset(urls, **kwargs)
+
+
+def test_dataloader_rejects_prefetch_factor_zero_like_torch(tmp_path):
+    """torch's DataLoader fails on prefetch_factor=0 with workers (when iterating); we fail at once."""
+    import fastdata
+
+    data = torch.utils.data.TensorDataset(torch.arange(8))
+    with pytest.raises((AssertionError, ValueError)):
+        list(torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, prefetch_factor=0))
+    for compile_ in (False, True):
+        with pytest.raises(ValueError, match="prefetch_factor"):
+            fastdata.DataLoader(data, batch_size=2, num_workers=2, prefetch_factor=0, compile=compile_)

@@ -155,3 +155,115 @@ def test_cmyk_jpeg_matches_pillow_exactly(reduce_to):
     out = np.empty(plan.sample_shape, np.uint8)
     plan.sample_into(data, out, np.random.default_rng(0))
     assert np.array_equal(out, expected[8:32, 12:36])
+def _bomb_png(h: int, w: int) -> bytes:
+    """A valid 8-bit gray PNG of ``h`` x ``w`` zero pixels in a few hundred KB.
+
+    The deflate stream repeats one fully flushed block of 1000 zero rows (after a full
+    flush the compressor starts afresh, so every such block compresses to the same bytes);
+    the Adler-32 of ``n`` zero bytes is ``(n mod 65521) << 16 | 1``.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = comp.compress(b"\0" * (w + 1) * 1000) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.compress(b"\0" * (w + 1) * (h % 1000)) + comp.flush()
+    adler = struct.pack(">I", (((w + 1) * h % 65521) << 16) | 1)
+    idat = b"\x78\xda" + block * (h // 1000) + tail + adler
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_bomb_maker_makes_valid_pngs():
+    data = _bomb_png(1030, 7)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), np.zeros((1030, 7), np.uint8))
+
+
+@pytest.fixture
+def pixel_limit():
+    from fastdata.decode import images
+
+    before = images.max_image_pixels()
+    yield images.set_max_image_pixels
+    images.set_max_image_pixels(before)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    """25000x25000 pixels: Pillow (torch's decoder) refuses it; so do we, naming the file."""
+    data = _bomb_png(25000, 25000)
+    assert len(data) < 1_000_000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    for read in (decode_image, image_size):
+        with pytest.raises(DecodeError, match="larger than the limit") as info:
+            read(data, url="s.tar", key="k", field="png")
+        assert (info.value.url, info.value.key, info.value.field) == ("s.tar", "k", "png")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_pixel_limit_is_configurable(pixel_limit, fmt):
+    data = _encode(_photo(40, 50), fmt)
+    pixel_limit(40 * 50)
+    assert decode_image(data).shape == (40, 50, 3)
+    pixel_limit(40 * 50 - 1)
+    with pytest.raises(DecodeError, match="2000 pixels"):
+        decode_image(data)
+    pixel_limit(None)
+    assert decode_image(data).shape == (40, 50, 3)
+    with pytest.raises(ValueError):
+        pixel_limit(0)
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_pixel_limit_on_the_loading_paths(tmp_path, pixel_limit, policy):
+    """Over the limit: a DecodeError naming the sample, or a counted skip, batches keep their size."""
+    from fastdata import transforms as T
+    from fastdata.loading.shard_dataset import ShardDataset
+    from fastdata.shards.writer import ShardWriter
+
+    big = _encode(_photo(64, 64), "JPEG")
+    with ShardWriter(str(tmp_path / "b-%06d.tar"), maxcount=100) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"k{i}", "jpg": big if i == 3 else _encode(_photo(16, 16, i), "JPEG"), "cls": i})
+    pixel_limit(32 * 32)
+    url = str(tmp_path / "b-000000.tar")
+    for pipeline in (T.Compose([T.CenterCrop(8)]), T.Compose([T.RandomResizedCrop(8), T.RandomHorizontalFlip()])):
+        ds = ShardDataset(url, transform=pipeline, on_error=policy)
+        if policy == "raise":
+            with pytest.raises(DecodeError, match="larger than the limit") as info:
+                list(ds.iter_batches(3, num_workers=0))
+            assert info.value.key == "k3"
+        else:
+            batches = list(ds.iter_batches(3, num_workers=0))
+            assert [len(b[0]) for b in batches] == [3, 3] and ds.stats.skipped == 1
+
+
+@pytest.mark.parametrize("worker_mode", ["threads", "processes"])
+def test_pixel_limit_on_the_compiled_dataloader(tmp_path, pixel_limit, worker_mode):
+    """ImageFolder + compile=True: the image over the limit is a counted skip (or the error)."""
+    import torchvision.transforms as tv
+    from torchvision.datasets import ImageFolder
+
+    import fastdata
+
+    for i in range(6):
+        size = (64, 64) if i == 2 else (16, 16)
+        Image.fromarray(_photo(*size, seed=i)).save(_mk(tmp_path, i))
+    pixel_limit(32 * 32)
+    data = ImageFolder(str(tmp_path), transform=tv.Compose([tv.CenterCrop(8), tv.ToTensor()]))
+    loader = fastdata.DataLoader(data, batch_size=3, num_workers=2, compile=True, on_error="skip",
+                                 worker_mode=worker_mode)  # fmt: skip
+    assert loader.compiled is not None
+    assert [len(b[0]) for b in loader] == [3, 3] and loader.stats.skipped == 1
+    strict = fastdata.DataLoader(data, batch_size=3, num_workers=2, compile=True, worker_mode=worker_mode)
+    with pytest.raises(DecodeError, match="larger than the limit"):
+        list(strict)
+
+
+def _mk(root, i: int):
+    folder = root / f"c{i % 2}"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{i}.png"

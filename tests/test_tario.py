@@ -183,3 +183,19 @@ def test_brace_lists_and_errors():
         expand_urls("a{5..1}")
     with pytest.raises(ValueError, match="unbalanced"):
         expand_urls("a{1..2")
+
+
+def test_only_dunder_names_are_metadata_like_webdataset(tmp_path):
+    """``__x__`` members are skipped; a key that merely starts with ``__`` is a sample."""
+    path = tmp_path / "meta.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("__meta__", "__index__.json", "__abc.cls", "a/__b__.cls", "k.cls"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"1"))
+    ours = [{k: v for k, v in s.items()} for s in iter_samples(str(path))]
+    assert ours == wds_read([str(path)])
+    from fastdata.shards.shardmap import load_shard
+
+    smap = load_shard(str(path))
+    assert [smap.key(i) for i in range(smap.n)] == [s["__key__"] for s in ours]

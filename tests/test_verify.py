@@ -67,3 +67,21 @@ def test_truncated_shard_is_reported_not_raised(tmp_path):
     path.write_bytes(path.read_bytes()[:1500])
     problems, _ = verify(str(index))
     assert any(p.shard == str(path) and "truncated" in p.message for p in problems)
+
+
+def test_index_names_are_never_commands(tmp_path):
+    """A ``pipe:`` name in an index is refused, not run (the shell would create PWNED)."""
+    import json
+    import subprocess
+    import sys
+
+    marker = tmp_path / "PWNED"
+    for name in (f"pipe:touch {marker}", f"{{pipe:touch {marker},x}}", "/etc/passwd", "../x.tar"):
+        index = tmp_path / "train.index.json"
+        index.write_text(json.dumps({"format": "fastdata-index", "version": 1,
+                                     "shards": [{"name": name, "count": 1}]}))  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "fastdata.cli", "verify", "train.index.json"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 1 and "not a file name" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert not marker.exists()

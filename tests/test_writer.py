@@ -79,3 +79,34 @@ def test_same_samples_give_identical_bytes(tmp_path):
 def test_pattern_needs_a_number(tmp_path):
     with pytest.raises(ValueError, match="number field"):
         ShardWriter(str(tmp_path / "out.tar"))
+
+
+def test_temporary_files_never_follow_links(tmp_path):
+    """Symlinks planted at the temporary names are replaced, their targets never written."""
+    from fastdata.cli import main as cli_main
+    from fastdata.shards.writer import ShardWriter as Writer
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("train-000000.tar.tmp", "train.index.json.tmp"):
+        os.symlink(victim, out / name)
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    os.symlink(victim_dir, out / "train.index.json.parts")  # where the conversion keeps its parts
+    with Writer(str(out / "x-%06d.tar"), maxcount=2) as sink:
+        os.symlink(victim, out / "x-000001.tar.tmp")
+        for i in range(3):
+            sink.write({"__key__": f"k{i}", "cls": i})
+    assert victim.read_text() == "keep me"
+    photos = tmp_path / "photos" / "a"
+    photos.mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(photos / f"{i}.png")
+    assert cli_main(["convert", str(tmp_path / "photos"), str(out / "train-%06d.tar"), "--maxcount", "1",
+                     "--no-progress"]) == 0  # fmt: skip
+    assert victim.read_text() == "keep me"
+    assert not [p.name for p in out.iterdir() if p.is_symlink()] and not os.listdir(victim_dir)

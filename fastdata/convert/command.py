@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -31,7 +32,9 @@ from fastdata.convert.prepare import PrepareOptions
 from fastdata.convert.sources import open_source
 from fastdata.convert.task import TaskSettings, clean_up, merge_parts
 from fastdata.errors import FastdataError
+from fastdata.shards.files import replace_into
 from fastdata.shards.index import write_index
+from fastdata.shards.writer import check_pattern
 
 ENGINES = ("local", "ray")
 # How a conversion is run, not what it writes: left out of the fingerprint and the index.
@@ -86,14 +89,15 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
             output folder, or (``engine="ray"``) Ray missing or a task lost.
     """
     start = time.perf_counter()
+    check_arguments(src, pattern, options, labels_path)
     if options.engine not in ENGINES:
         raise FastdataError(f"unknown engine {options.engine!r}: use one of {', '.join(ENGINES)}")
-    if options.maxcount < 1 or options.maxsize < 1:
-        raise FastdataError(f"--maxcount and --maxsize must be positive, got {options.maxcount}, {options.maxsize}")
     options = replace(options, prepare=replace(options.prepare, digest=False))
     source = open_source(src, labels_path=labels_path, int_labels=int_labels)
     order = sample_order(len(source.items), options.shuffle_seed)
     settings = TaskSettings(pattern, _fingerprint(source, pattern, options), options.drop_corrupt, options.prepare)
+    if os.path.islink(settings.parts_dir):  # never write parts through a link (NOTE [ Temporary files ])
+        os.unlink(settings.parts_dir)
     saved = _read_plan(settings)
     starts = cut_points(source, order, options.maxcount, options.maxsize, _stored_ext(options.prepare))
     resumed = 0
@@ -132,6 +136,48 @@ def _engine(source, options: ConvertOptions):
     return LocalEngine(source, options.prepare, options.workers)
 
 
+def check_arguments(src: str, pattern: str, options: ConvertOptions, labels_path: str | None) -> None:
+    """Checks a conversion's arguments before any work, with messages that say how to fix them.
+
+    Raises:
+        FastdataError: an option is out of range, the pattern has not exactly one number
+            field, ``labels_path`` is given for a source other than ``.npy`` arrays, or the
+            output folder cannot be written.
+    """
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise FastdataError(f"convert: {message}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    need(is_int(options.maxcount) and options.maxcount >= 1,
+         f"--maxcount must be a whole number of samples >= 1, got {options.maxcount!r}")
+    need(isinstance(options.maxsize, (int, float)) and math.isfinite(options.maxsize) and options.maxsize >= 1,
+         f"--maxsize must be a positive size such as 500M or 1G, got {options.maxsize!r}")
+    need(is_int(options.workers) and options.workers >= 0,
+         f"-j/--workers must be 0 (no worker processes) or more, got {options.workers!r}")
+    need(is_int(options.stats_samples) and options.stats_samples >= 0,
+         f"--stats-samples must be 0 (no statistics) or more, got {options.stats_samples!r}")
+    side = options.prepare.max_side
+    need(side is None or (is_int(side) and side >= 1), f"--max-side must be a size >= 1 pixel, got {side!r}")
+    try:
+        check_pattern(pattern)
+    except ValueError as exc:
+        raise FastdataError(f"convert: {exc}") from exc
+    if labels_path is not None:
+        need(src.lower().endswith((".npy", ".npz")) and not os.path.isdir(src),
+             "--labels applies to a .npy/.npz images source only; a folder takes its labels from "
+             "its class sub-folders and a manifest from its label column")  # fmt: skip
+    folder = os.path.dirname(pattern) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise FastdataError(f"convert: cannot create the output folder {folder!r}: {exc.strerror or exc}") from exc
+    need(os.access(folder, os.W_OK | os.X_OK), f"cannot write into the output folder {folder!r}; "
+         "choose another OUT_PATTERN or fix its permissions")  # fmt: skip
+
+
 def _stored_ext(prepare: PrepareOptions) -> str | None:
     """The extension transformed samples are stored under (None: files stored as they are)."""
     return "npy" if prepare.raw else "jpg" if prepare.reencode else None
@@ -158,10 +204,8 @@ def _read_plan(settings: TaskSettings) -> dict | None:
 
 def _write_plan(settings: TaskSettings, duplicates: dict[int, str]) -> None:
     os.makedirs(settings.parts_dir, exist_ok=True)
-    tmp = _plan_path(settings) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replace_into(_plan_path(settings)) as f:  # NOTE [ Temporary files ]
         json.dump({"fingerprint": settings.fingerprint, "duplicates": duplicates}, f)
-    os.replace(tmp, _plan_path(settings))
 
 
 def _what_it_writes(options: ConvertOptions) -> dict[str, Any]:
@@ -243,24 +287,33 @@ def run(args) -> int:
     except FastdataError as exc:
         print(f"fastdata convert: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # finished shards and their parts are kept (NOTE [ Resuming a conversion ])
+        print("\nfastdata convert: interrupted; the shards written so far are kept, run the same "
+              "command again to resume", file=sys.stderr)  # fmt: skip
+        return 130
     print(format_report(report))
     return 0
+
+
+def plural(n: int, noun: str) -> str:
+    """``"1 shard"``, ``"2 shards"``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def format_report(report: ConvertReport) -> str:
     """The human-readable summary of a conversion."""
     rate = report.written / report.seconds if report.seconds > 0 else 0.0
     lines = [
-        f"wrote {report.written} samples in {len(report.shards)} shards, "
+        f"wrote {plural(report.written, 'sample')} in {plural(len(report.shards), 'shard')}, "
         f"{report.bytes / 1e6:.1f} MB, {report.seconds:.1f} s ({rate:.0f} samples/s)",
         f"index: {report.index_path}",
     ]
     if report.resumed_shards:
-        lines.append(f"resumed an interrupted conversion: {report.resumed_shards} shards were already complete")
+        lines.append(f"resumed an interrupted conversion: {plural(report.resumed_shards, 'shard')} already complete")
     if report.skipped:
-        lines.append(f"skipped {len(report.skipped)} samples:")
+        lines.append(f"skipped {plural(len(report.skipped), 'sample')}:")
         lines += [f"  {s['source']}: {s['reason']}" for s in report.skipped[:20]]
     if report.duplicates:
-        lines.append(f"left out {len(report.duplicates)} duplicates:")
+        lines.append(f"left out {plural(len(report.duplicates), 'duplicate')}:")
         lines += [f"  {d['source']} = {d['duplicate_of']}" for d in report.duplicates[:20]]
     return "\n".join(lines)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from fastdata.convert.sources import Item
 from fastdata.shards.writer import encode_value
 
-Image.MAX_IMAGE_PIXELS = None  # large photographs are legitimate input
+# Pillow's decompression-bomb check stays on (importing fastdata never changes Pillow's
+# settings): an image past its limit is an unreadable sample, named in the report.
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,18 @@ _SOURCE = None
 _OPTIONS = PrepareOptions()
 
 
+_STREAM_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
 def init_worker(source, options: PrepareOptions) -> None:
-    """Pool initializer: keeps the source and options in the worker process."""
+    """Pool initializer: keeps the source and options in the worker process.
+
+    Workers ignore SIGINT: a Ctrl-C reaches the main process, which stops the pool and
+    reports the interruption in one line (without one traceback per worker).
+    """
     global _SOURCE, _OPTIONS
     _SOURCE, _OPTIONS = source, options
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def prepare_task(task: tuple[int, Item, bool]) -> Prepared:
@@ -95,7 +106,8 @@ def prepare_item(source, item: Item, ordinal: int, options: PrepareOptions, with
         else:
             result = _prepare_bytes(ext, payload, options, with_stats)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        return Prepared(ordinal, error=f"not a readable image: {exc}")
+        message = _STREAM_REPR.sub("the file", str(exc))  # the caller names the file
+        return Prepared(ordinal, error=f"not a readable image: {message}")
     result.ordinal = ordinal
     if item.label is not None:
         result.fields["cls"] = encode_value(item.key, "cls", item.label)

@@ -23,6 +23,7 @@ from typing import Any
 from fastdata.convert.plan import ShardTask
 from fastdata.convert.prepare import Prepared, PrepareOptions, prepare_item
 from fastdata.errors import SourceError
+from fastdata.shards.files import create_new
 from fastdata.shards.index import StatsAccumulator, index_path_for_pattern
 from fastdata.shards.writer import ShardWriter
 
@@ -114,7 +115,7 @@ class ShardBuilder:
         path = self.settings.part_path(self.task.number)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with create_new(tmp, "w") as f:  # NOTE [ Temporary files ] in fastdata.shards.files
             json.dump(part, f)
         os.replace(tmp, path)
         return part

@@ -26,6 +26,17 @@ the full decode) differs from a DCT-scaled decode resized the same way by up to 
 real photographs, on 1-7% of the values at outputs of 128 down to 24 pixels; from the full
 decode fastdata stays within 1/255. So plans decode whole images unless asked otherwise
 (``DecodeImage(reduce=True)``), trading that parity for speed.
+
+NOTE [ Pixel limit ]
+A small file can declare a huge image (a 600 KB PNG of 25000x25000 pixels decodes to
+1.9 GB of RGB). Every decode reads the image's size from its header first and refuses an
+image of more than ``max_image_pixels()`` pixels with a ``DecodeError`` naming the file,
+before any pixel memory is allocated; under ``on_error="skip"`` that is a counted skip.
+The default is Pillow's ``MAX_IMAGE_PIXELS`` (89,478,485, about 9459x9459), the size at
+which Pillow warns of a decompression bomb (torchvision, through Pillow, raises at twice
+that); ``set_max_image_pixels`` changes it for this process and the worker processes it
+starts afterwards (None: no limit). Formats decoded through Pillow are also subject to
+Pillow's own check.
 """
 
 from __future__ import annotations
@@ -40,7 +51,47 @@ from PIL import Image, UnidentifiedImageError
 from fastdata.decode.png import decode_png, png_size
 from fastdata.errors import DecodeError
 
-__all__ = ["decode_image", "image_size", "image_format"]
+__all__ = [
+    "decode_image",
+    "image_size",
+    "image_format",
+    "check_pixels",
+    "max_image_pixels",
+    "set_max_image_pixels",
+]
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS (Pillow 10 and 11)
+_max_pixels: list[int | None] = [DEFAULT_MAX_IMAGE_PIXELS]
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (in pixels) that is decoded; None: no limit (NOTE [ Pixel limit ])."""
+    return _max_pixels[0]
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Sets the pixel limit of NOTE [ Pixel limit ] (None: no limit).
+
+    Raises:
+        ValueError: ``limit`` is not a positive integer or None.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"the pixel limit must be a positive int or None, got {limit!r}")
+    _max_pixels[0] = limit
+
+
+def check_pixels(
+    height: int, width: int, *, url: str | None = None, key: str | None = None, field: str | None = None
+) -> None:
+    """Raises ``DecodeError`` for an image larger than the pixel limit (NOTE [ Pixel limit ])."""
+    limit = _max_pixels[0]
+    if limit is not None and int(height) * int(width) > limit:
+        raise DecodeError(
+            url, key, field,
+            f"image of {width}x{height} = {int(height) * int(width)} pixels is larger than the limit "
+            f"of {limit} (a decompression bomb?); raise it with "
+            "fastdata.decode.images.set_max_image_pixels(n) if the image is genuine",
+        )  # fmt: skip
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +117,12 @@ def image_size(
     Raises:
         DecodeError: the header cannot be read.
     """
+    size = _header_size(data, url, key, field)
+    check_pixels(*size, url=url, key=key, field=field)
+    return size
+
+
+def _header_size(data, url: str | None, key: str | None, field: str | None) -> tuple[int, int]:
     try:
         if image_format(data) == "jpeg":
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -75,7 +132,7 @@ def image_size(
             return size
         with Image.open(io.BytesIO(data)) as img:
             return int(img.height), int(img.width)
-    except (ValueError, OSError, UnidentifiedImageError) as exc:
+    except (ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DecodeError(url, key, field, f"cannot read the image header: {exc}") from exc
 
 
@@ -107,6 +164,13 @@ def decode_image(
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
     kind, first_error = image_format(data), None
+    if _max_pixels[0] is not None:  # NOTE [ Pixel limit ]: before any pixel is allocated
+        try:
+            size = _header_size(data, url, key, field)
+        except DecodeError:
+            size = None  # the decoder below reports what is wrong with the file
+        if size is not None:
+            check_pixels(*size, url=url, key=key, field=field)
     if kind == "jpeg":
         try:
             return _decode_jpeg(data, reduce_to)

@@ -105,6 +105,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             generator, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
             pin_memory_device=pin_memory_device, in_order=in_order,
         )  # fmt: skip
+        if num_workers > 0 and prefetch_factor == 0:  # torch's own iterator asserts it later
+            raise ValueError(
+                "prefetch_factor must be at least 1 with num_workers > 0 (batches loaded ahead "
+                "by each worker), got 0; leave it None for the default of 2"
+            )
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if worker_mode not in WORKER_MODES:

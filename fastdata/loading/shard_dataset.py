@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import time
 import warnings
 from collections import deque
@@ -136,11 +137,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.plan = compile_plan(transform) if transform is not None else None
         self.image = (image,) if isinstance(image, str) else tuple(image)
         self.fields = field_kinds(fields)
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, numbers.Integral) or buffer_size < 0:
+            raise ValueError(f"buffer_size must be a whole number of samples >= 0, got {buffer_size!r}")
+        if shuffle and buffer_size < 2:
+            raise ValueError(
+                f"shuffle=True needs buffer_size >= 2 (samples to shuffle among), got {buffer_size}; "
+                "use shuffle=False for the shards' order"
+            )
         self.shuffle, self.buffer_size, self.seed = bool(shuffle), int(buffer_size), int(seed)
         self.on_error, self.drop_last, self.pad_value = on_error, bool(drop_last), int(pad_value)
         self.index = index
         self._rank, self._world_size = rank, world_size
         self._counts: list[int] | None | bool = False  # False: not looked up yet
+        self._scan_errors: dict[int, Exception] = {}  # shards counted by scanning that broke off
         self._sample_shape: tuple[int, int, int] | None = None
         self._epoch = 0
         self._resume: dict | None = None
@@ -276,8 +285,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             prefetch: batches each reader prepares ahead.
             stats: counters to add to (default ``self.stats``).
         """
-        if batch_size is None or batch_size < 1:
-            raise ValueError(f"ShardDataset needs a batch_size >= 1, got {batch_size}")
+        _check_iter_args(batch_size, num_workers, timeout, prefetch)
         if self.world()[1] > 1 and self.counts() is None:
             raise FastdataError("several ranks need the shards' sample counts")
         workers = max(1, int(num_workers))
@@ -304,7 +312,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if counts is not None:
             limit = min(rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=self.drop_last))
         start = {**start, "limit": limit}
-        spec = StreamSpec(self.urls, counts, self._read_fields(), self._prepare, self.on_error, self.buffer_size if self.shuffle else 1)
+        spec = self._spec(counts, stats)
         producers = [
             Producer(self._slot_batches(spec, order, start, w), threaded=threaded, prefetch=prefetch, name=f"rank {rank} worker {w}")
             for w in range(workers)
@@ -342,7 +350,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return True
         if any("://" in u or u.startswith("pipe:") for u in self.urls):
             return False
-        self._counts = [load_shard(u).n for u in self.urls]
+        counts, self._scan_errors = [], {}
+        for i, url in enumerate(self.urls):  # one shard mapped at a time
+            smap = load_shard(url)
+            counts.append(smap.n)
+            if smap.error is not None:
+                self._scan_errors[i] = smap.error
+        self._counts = counts
         return True
 
     def _batch_epoch(self, workers: int, bs: int, threads: int, device, memory_format, timeout: float, ahead: int,
@@ -364,6 +378,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self._batch_loop(stream, schedule, epoch, header)
 
     def _batch_loop(self, stream: Any, schedule: Any, epoch: int, header: dict) -> Iterator:
+        for i in sorted(self._scan_errors):  # NOTE [ Bad shards without an index ]
+            self._shard_error(stream.stats, self._scan_errors[i])
         started = time.perf_counter()
         for b, images, extras in stream:
             samples = int(schedule.starts[b + 1])
@@ -375,6 +391,34 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 yield [images, *extras] if self.fields else images
             started = time.perf_counter()
         self._consumed = {**header, **_fresh_batch(epoch + 1), "limit": None}
+
+    def _shard_error(self, stats: EngineStats, err: Exception) -> None:
+        """A shard without an index broke off: raise, or count one skip.
+
+        NOTE [ Bad shards without an index ]
+        When no index gives the shards' sample counts, a shard that cannot be opened, is
+        empty, is not a tar, or breaks off (truncation, a bad header, a sample's files not
+        contiguous) has lost an unknown number of samples, so no placeholder can stand in
+        for them (NOTE [ Bad shards keep the batch count ] in ``fastdata.loading.stream``).
+        Every path then does what ``iter_samples`` does: under ``on_error="raise"`` the
+        shard's ``ShardError`` ends the epoch, under "skip"/"warn" the samples read before
+        the break are kept and the shard counts as one skipped item in ``stats`` (its URL
+        in ``skipped_keys``). The batch path reports the shards its count found broken when
+        the epoch starts; the streaming path when the reader reaches the break.
+        """
+        if self.on_error == "raise":
+            raise err
+        stats.skipped += 1
+        if len(stats.skipped_keys) < 100:
+            stats.skipped_keys.append(f"{getattr(err, 'url', None)}:{getattr(err, 'key', None)}")
+        if self.on_error == "warn":
+            warnings.warn(f"skipped the rest of a bad shard: {err}", stacklevel=3)
+
+    def _spec(self, counts: list[int] | None, stats: EngineStats) -> StreamSpec:
+        return StreamSpec(
+            self.urls, counts, self._read_fields(), self._prepare, self.on_error,
+            self.buffer_size if self.shuffle else 1, lambda err: self._shard_error(stats, err),
+        )  # fmt: skip
 
     def _slot_batches(self, spec: StreamSpec, order: list[int], start: dict, w: int) -> Iterator:
         state = start["slots"][w]
@@ -392,7 +436,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self.world()
         epoch = self._epoch
         order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        spec = StreamSpec(self.urls, self.counts(), self._read_fields(), self._prepare, self.on_error, self.buffer_size if self.shuffle else 1)
+        spec = self._spec(self.counts(), self.stats)
         a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
         slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
         rngs = SampleRng(self.seed, epoch, rank, worker)
@@ -503,6 +547,22 @@ def _check_layout(start: dict, workers: int, batch_size: int, num_workers: int) 
             f"run has num_workers={num_workers} and batch_size={batch_size} (num_workers=0 "
             "reads like num_workers=1); resume with the same num_workers and batch_size"
         )
+def _check_iter_args(batch_size: Any, num_workers: Any, timeout: Any, prefetch: Any) -> None:
+    """The front door of ``iter_batches``: each argument's type and range, named when wrong."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not whole(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of samples >= 1, got {batch_size!r}")
+    if not whole(num_workers) or num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 (everything in the calling thread) or more, got {num_workers!r}"
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {timeout!r}")
+    if not whole(prefetch) or prefetch < 1:
+        raise ValueError(f"prefetch must be a whole number of batches >= 1, got {prefetch!r}")
 
 
 def _fresh_batch(epoch: int) -> dict:

@@ -27,10 +27,12 @@ NOTE [ Bad shards keep the batch count ]
 With ``on_error`` "skip"/"warn", a shard that cannot be opened or breaks off, or that holds
 fewer samples than the index says, yields a failing placeholder for each missing sample;
 the engine replaces those within their batch and counts them as skipped (NOTE [ Skipping
-bad samples ] in ``fastdata.loading.engine``). So the number of batches still equals what the
-index promised on every rank, and DDP does not hang on a bad shard. A batch in which every
+bad samples ] in ``fastdata.loading.engine``). So the number of batches still equals what
+the index promised on every rank, and DDP does not hang on a bad shard. A batch in which every
 sample failed cannot be filled and raises; without shuffling, a lost shard of at least a
 batch of samples does that, so use ``shuffle=True`` (the buffer spreads the gap out).
+Without an index the number of lost samples is unknown: the shard's error is counted as
+one skip (``StreamSpec.on_shard_error``) and the shard ends there.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class StreamSpec:
         prepare: sample dict (or ``Failed``) -> ``(source, extra, url, key, field)``.
         on_error: ``"raise"``, ``"skip"`` or ``"warn"``.
         buffer_size: shuffle buffer size; 1 or less: no shuffling.
+        on_shard_error: called with the error of a shard that broke off when its sample
+            count is unknown (no placeholders can stand in for its lost samples), so that
+            the skip is counted; see NOTE [ Bad shards keep the batch count ].
     """
 
     urls: Sequence[str]
@@ -80,6 +85,7 @@ class StreamSpec:
     prepare: Callable[[Any], tuple]
     on_error: str
     buffer_size: int
+    on_shard_error: Callable[[Exception], None] | None = None
 
 
 def fresh_slot() -> dict:
@@ -134,6 +140,8 @@ class SlotStream:
         except ShardError as exc:
             if self.spec.on_error == "raise":
                 raise
+            if expected is None and self.spec.on_shard_error is not None:
+                self.spec.on_shard_error(exc)
             while expected is not None and j < expected:
                 yield j, Failed(exc)
                 j += 1

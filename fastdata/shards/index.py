@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastdata.errors import FastdataError
+from fastdata.shards.files import replace_into
 
 FORMAT = "fastdata-index"
 VERSION = 1
@@ -70,11 +71,9 @@ def resolve_shards(shards: str | Iterable[str]) -> tuple[list[str], str | None, 
 def write_index(path: str, index: dict[str, Any]) -> None:
     """Writes an index atomically (temporary file, then rename)."""
     body = {"format": FORMAT, "version": VERSION, **index}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replace_into(path) as f:  # NOTE [ Temporary files ]
         json.dump(body, f, indent=1, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_index(path: str) -> dict[str, Any]:
@@ -92,7 +91,35 @@ def read_index(path: str) -> dict[str, Any]:
         raise FastdataError(f"{path}: not a fastdata index (no 'format': {FORMAT!r})")
     if not isinstance(index.get("shards"), list):
         raise FastdataError(f"{path}: index has no list of shards")
+    for shard in index["shards"]:
+        if not isinstance(shard, dict):
+            raise FastdataError(f"{path}: index entry {shard!r} is not an object")
+        _check_name(path, shard.get("name"))
     return index
+
+
+def _check_name(path: str, name: Any) -> None:
+    """A shard name from an index must be a file name in the index's folder.
+
+    NOTE [ Names in an index ]
+    An index is data, possibly downloaded with the shards: its names are joined to the
+    index's folder and opened as files, never taken as URLs, ``pipe:`` commands or brace
+    patterns (a name ``pipe:rm -rf ~`` would otherwise run when the index is read by its
+    bare name). ``pipe:`` and remote URLs run only when the user types them.
+    """
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or os.path.isabs(name)
+        or name.startswith(("pipe:", "file:"))
+        or any(text in name for text in ("://", "::", "{", "}", "\0"))
+        or ".." in name.replace("\\", "/").split("/")
+    )
+    if bad:
+        raise FastdataError(
+            f"{path}: shard name {name!r} is not a file name in the index's folder (an index may "
+            "not name URLs, pipe: commands, brace patterns, absolute paths or '..'); fix the index"
+        )
 
 
 def shard_urls(index_path: str, index: dict[str, Any]) -> list[str]:

@@ -62,19 +62,23 @@ import numpy as np
 from numba import njit
 
 from fastdata.errors import FastdataError, ShardError
-from fastdata.shards.tario import iter_members, split_name
+from fastdata.shards.tario import is_meta, iter_members, split_name
 from fastdata.shards.urls import open_url
 
 __all__ = ["ShardMap", "load_shard", "read_bytes"]
 
 _OK, _TRUNC_HEADER, _NO_END, _BAD_CHECKSUM, _BAD_HEADER, _TRUNC_MEMBER, _TRUNC_PAD = range(7)
+_BAD_SIZE, _ZERO_BLOCK = 7, 8
 _MESSAGES = {
     _TRUNC_HEADER: "truncated inside a header",
     _NO_END: "ends without the end-of-archive marker (truncated?)",
     _BAD_CHECKSUM: "bad tar header checksum",
     _BAD_HEADER: "bad tar header (not a tar file?)",
-    _TRUNC_MEMBER: "truncated inside a member",
+    _TRUNC_MEMBER: "truncated inside a member (its size goes past the end of the file)",
     _TRUNC_PAD: "truncated after a member",
+    _BAD_SIZE: "bad tar header: negative member size",
+    _ZERO_BLOCK: "a zero block is followed by more data (a zeroed header? the end of a tar is "
+    "zero blocks up to the end of the file)",
 }
 _FNV, _PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
@@ -222,9 +226,13 @@ def _scan_shard(url: str, data: np.ndarray) -> ShardMap:
     cap = len(data) // 512 + 1
     hdr, off, size = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
     kind = np.empty(cap, np.uint8)
-    count, status = _scan_headers(data, hdr, off, size, kind)
+    count, status, at = _scan_headers(data, hdr, off, size, kind)
     hdr, off, size, kind = hdr[:count], off[:count], size[:count], kind[:count]
-    error = None if status == _OK else ShardError(url, f"{_MESSAGES[status]} after {count} members")
+    error = None
+    if status != _OK:
+        error = ShardError(url, f"{_MESSAGES[status]} at byte {at}, after {count} members")
+    if count == 0 and error is not None:
+        return ShardMap(url, data, 0, error=error)
     regular = (kind == ord("0")) | (kind == 0) | (kind == ord("7"))
     if not regular.all() or _has_prefix(data, hdr):
         return _slow_scan(url, data)
@@ -287,7 +295,7 @@ def _slow_scan(url: str, data: np.ndarray) -> ShardMap:
         for name, payload in iter_members(stream, url):
             end = stream.tell() - (-len(payload) % 512)
             key, ext = split_name(name)
-            if key is None or (name.startswith("__") and "/" not in name):
+            if key is None or is_meta(name):
                 continue
             if not keys or keys[-1] != key:
                 if key in keys:
@@ -350,13 +358,17 @@ def _octal(buf, lo, n):
 
 @njit(nogil=True, cache=True)
 def _scan_headers(buf, hdr, off, size, kind):
-    """Walks the headers: fills the member arrays; returns ``(count, status)``."""
+    """Walks the headers: fills the member arrays; returns ``(count, status, byte offset)``.
+
+    Every size is checked against the end of ``buf`` before it moves the position
+    (NOTE [ Malformed headers ] in ``fastdata.shards.tario``).
+    """
     pos, n, total = 0, 0, len(buf)
     while True:
         if pos >= total:
-            return n, _NO_END
+            return n, _NO_END, pos
         if pos + 512 > total:
-            return n, _TRUNC_HEADER
+            return n, _TRUNC_HEADER, pos
         check, zero = 0, True
         for k in range(512):
             b = buf[pos + k]
@@ -364,29 +376,37 @@ def _scan_headers(buf, hdr, off, size, kind):
             if b != 0:
                 zero = False
         if zero:
-            return n, _OK
+            for k in range(pos + 512, total):
+                if buf[k] != 0:
+                    return n, _ZERO_BLOCK, pos
+            return n, _OK, pos
         for k in range(148, 156):
             check -= buf[pos + k]
         stored = _octal(buf, pos + 148, 8)
         if stored < 0:
-            return n, _BAD_HEADER
+            return n, _BAD_HEADER, pos
         if check + 256 != stored:
-            return n, _BAD_CHECKSUM
-        if buf[pos + 124] & 0x80:
-            length = 0
+            return n, _BAD_CHECKSUM, pos
+        first = buf[pos + 124]
+        if first & 0xC0 == 0x80:  # GNU base-256; stop before the value can overflow int64
+            length = first & 0x3F
             for k in range(125, 136):
                 length = length * 256 + buf[pos + k]
+                if length > total:
+                    return n, _TRUNC_MEMBER, pos
+        elif first & 0x80:  # the sign bit of base-256
+            return n, _BAD_SIZE, pos
         else:
             length = _octal(buf, pos + 124, 12)
             if length < 0:
-                return n, _BAD_HEADER
-        if pos + 512 + length > total:
-            return n, _TRUNC_MEMBER
+                return n, _BAD_HEADER, pos
+        if length > total - pos - 512:
+            return n, _TRUNC_MEMBER, pos
         hdr[n], off[n], size[n], kind[n] = pos, pos + 512, length, buf[pos + 156]
         n += 1
         pos += 512 + length + (-length) % 512
         if pos > total:
-            return n - 1, _TRUNC_PAD
+            return n - 1, _TRUNC_PAD, pos
 
 
 @njit(nogil=True, cache=True)
@@ -406,7 +426,10 @@ def _name_parts(buf, hdr, key_len, key_hash, ext_hash, keep):
             if buf[p + k] == 46:
                 dot = k
                 break
-        meta = slash < 0 and length >= 2 and buf[p] == 95 and buf[p + 1] == 95
+        meta = (
+            slash < 0 and length >= 2 and buf[p] == 95 and buf[p + 1] == 95
+            and buf[p + length - 2] == 95 and buf[p + length - 1] == 95
+        )  # fmt: skip
         keep[m] = dot > slash + 1 and not meta
         key_len[m] = dot
         h = _FNV

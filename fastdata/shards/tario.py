@@ -36,6 +36,12 @@ _REGULAR = (b"0", b"\0", b"7")
 _META_PREFIX = "__"
 
 
+def is_meta(name: str) -> bool:
+    """Whether a member is webdataset metadata (``__name__`` at the top level), which readers skip."""
+    return "/" not in name and name.startswith(_META_PREFIX) and name.endswith(_META_PREFIX)
+
+
+
 def iter_samples(urls: str | Iterable[str], *, fields: set[str] | None = None) -> Iterator[dict]:
     """Yields the samples of the given shards, in order.
 
@@ -55,84 +61,150 @@ def iter_samples(urls: str | Iterable[str], *, fields: set[str] | None = None) -
 def iter_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
     """Yields ``(name, data)`` for each regular file of a tar stream.
 
+    Every header field is validated before it is used (NOTE [ Malformed headers ]).
+
     Raises:
-        ShardError: the stream ends inside a member or lacks the end-of-archive marker,
-            or a header's checksum is wrong.
+        ShardError: the stream ends inside a member or lacks the end-of-archive marker, a
+            header's checksum or size is wrong, a pax record or long name is malformed, or
+            a zero block is followed by more data; the error names the byte offset.
     """
     read = stream.read
     long_name: str | None = None
     pax_global: dict[str, str] = {}
     pax: dict[str, str] = {}
     last = None
+    pos = 0
     while True:
         header = read(BLOCK)
         if len(header) < BLOCK:
-            raise ShardError(url, _truncated(header, last))
+            raise ShardError(url, _truncated(header, last, pos))
         if header.count(0) == BLOCK:
-            return  # end-of-archive marker (the second zero block need not be read)
-        name, size, kind = _parse_header(header, url, last)
-        data = read(size)
+            _check_end(read, url, pos)
+            return
+        name, size, kind = _parse_header(header, url, last, pos)
+        data = _read_exact(read, size)
         if len(data) < size:
-            raise ShardError(url, f"truncated inside member {name!r} ({len(data)} of {size} bytes)")
+            raise ShardError(
+                url, f"truncated inside member {name!r} at byte {pos} ({len(data)} of {size} bytes)"
+            )
         pad = -size % BLOCK
         if pad and len(read(pad)) < pad:
-            raise ShardError(url, f"truncated after member {name!r}")
+            raise ShardError(url, f"truncated after member {name!r} at byte {pos}")
+        at, pos = pos, pos + BLOCK + size + pad
         if kind in _REGULAR:
             name = pax.get("path") or long_name or name
             long_name, pax = None, {}
             last = name
             yield name, data
         elif kind == b"L":
-            long_name = data.rstrip(b"\0").decode("utf-8")
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
         elif kind == b"x":
-            pax = {**pax_global, **_parse_pax(data, url)}
+            pax = {**pax_global, **_parse_pax(data, url, at)}
         elif kind == b"g":
-            pax_global = _parse_pax(data, url)
+            pax_global = _parse_pax(data, url, at)
         else:
             long_name, pax = None, {}
 
 
-def _parse_header(header: bytes, url: str, last: str | None) -> tuple[str, int, bytes]:
+# NOTE [ Malformed headers ]
+# A shard is untrusted input: a header may claim any size, a pax record any length, a name
+# any bytes. Sizes are read in pieces of at most ``_READ_PIECE`` bytes, so a size field of
+# 2**63 or an octal 777777777777 meets the end of the stream (a truncation error) instead
+# of allocating it; a negative base-256 size is an error. Pax records are parsed field by
+# field and any inconsistency (a length that is not a number, that points past the block,
+# a record without ``=``, a key that is not UTF-8) is a ``ShardError`` naming the shard
+# and the offset of the header, never a ``ValueError``, ``UnicodeDecodeError``,
+# ``OverflowError`` or ``MemoryError``. Names that are not UTF-8 are kept with
+# ``surrogateescape``, as ``tarfile`` does. One zero block ends the archive only if
+# nothing but zeros follows it (the two end blocks and the record padding): a zeroed
+# header in the middle of a shard would otherwise hide every member after it.
+_READ_PIECE = 1 << 26
+
+
+def _read_exact(read, size: int) -> bytes:
+    """Up to ``size`` bytes; fewer only at the end of the stream (NOTE [ Malformed headers ])."""
+    if size <= _READ_PIECE:
+        return read(size)
+    pieces, got = [], 0
+    while got < size:
+        piece = read(min(_READ_PIECE, size - got))
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def _check_end(read, url: str, pos: int) -> None:
+    """After a zero block at ``pos``: only zeros may follow (NOTE [ Malformed headers ])."""
+    where = pos + BLOCK
+    while True:
+        rest = read(_READ_PIECE if where - pos > 16 * BLOCK else BLOCK)
+        if not rest:
+            return
+        if rest.count(0) != len(rest):
+            first = where + next(i for i, b in enumerate(rest) if b)
+            raise ShardError(
+                url,
+                f"a zero block at byte {pos} is followed by more data at byte {first} "
+                "(a zeroed header? the end of a tar is zero blocks up to the end of the file)",
+            )
+        where += len(rest)
+
+
+def _parse_header(header: bytes, url: str, last: str | None, pos: int) -> tuple[str, int, bytes]:
     stored = header[148:156]
-    if sum(header) - sum(stored) + 8 * 32 != _octal(stored, url, last):
-        raise ShardError(url, f"bad tar header checksum after member {last!r}")
+    if sum(header) - sum(stored) + 8 * 32 != _octal(stored, url, last, pos):
+        raise ShardError(url, f"bad tar header checksum at byte {pos} (after member {last!r})")
     name = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar" and header[345] != 0:
         name = header[345:500].split(b"\0", 1)[0] + b"/" + name
     size_field = header[124:136]
     if size_field[0] & 0x80:  # GNU base-256 encoding for sizes of 8 GiB and more
-        size = int.from_bytes(size_field[1:], "big")
+        if size_field[0] & 0x40:  # the sign bit
+            raise ShardError(url, f"bad tar header at byte {pos}: negative member size")
+        size = int.from_bytes(bytes([size_field[0] & 0x3F]) + size_field[1:], "big")
     else:
-        size = _octal(size_field, url, last)
+        size = _octal(size_field, url, last, pos)
     return name.decode("utf-8", errors="surrogateescape"), size, header[156:157]
 
 
-def _octal(field: bytes, url: str, last: str | None) -> int:
+def _octal(field: bytes, url: str, last: str | None, pos: int) -> int:
     text = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError as exc:
-        raise ShardError(url, f"bad tar header (not a tar file?) after member {last!r}") from exc
+    if text and not all(48 <= c <= 55 for c in text):
+        raise ShardError(url, f"bad tar header at byte {pos} (not a tar file?) after member {last!r}")
+    return int(text, 8) if text else 0
 
 
-def _parse_pax(data: bytes, url: str) -> dict[str, str]:
+def _parse_pax(data: bytes, url: str, pos: int) -> dict[str, str]:
+    """The records ``"LEN key=value\\n"`` of a pax header at byte ``pos`` (NOTE [ Malformed headers ])."""
     records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= 0:
-            raise ShardError(url, "bad pax header record")
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", errors="surrogateescape")
-        pos += length
+    i = 0
+    while i < len(data) and data[i] != 0:
+        space = data.find(b" ", i, i + 24)
+        digits = data[i:space] if space > i else b""
+        if not digits or not digits.isdigit():
+            raise ShardError(url, f"bad pax header at byte {pos}: record length {digits[:24]!r}")
+        length = int(digits)
+        end = i + length
+        if end > len(data) or end <= space + 1 or data[end - 1] != 0x0A:
+            raise ShardError(url, f"bad pax header at byte {pos}: record of length {length} does not fit")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ShardError(url, f"bad pax header at byte {pos}: key {key[:40]!r} is not UTF-8") from exc
+        if not eq or not text:
+            raise ShardError(url, f"bad pax header at byte {pos}: record without key=value")
+        records[text] = value.decode("utf-8", errors="surrogateescape")
+        i = end
     return records
 
 
-def _truncated(header: bytes, last: str | None) -> str:
+def _truncated(header: bytes, last: str | None, pos: int) -> str:
     if not header:
-        return f"ends without the end-of-archive marker after member {last!r} (truncated?)"
-    return f"truncated inside a header after member {last!r}"
+        return f"ends at byte {pos} without the end-of-archive marker after member {last!r} (truncated?)"
+    return f"truncated inside a header at byte {pos} after member {last!r}"
 
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -156,7 +228,7 @@ def group_samples(
     """Groups consecutive tar members by key into sample dicts.
 
     Members without an extension and webdataset metadata members (``__name__``) are
-    skipped, as the webdataset library does.
+    skipped, as the webdataset library does (a key that only starts with ``__`` is kept).
 
     Raises:
         ShardError: a key reappears after another key (files not contiguous), or a
@@ -166,7 +238,7 @@ def group_samples(
     seen: set[str] = set()
     for name, data in members:
         key, ext = split_name(name)
-        if key is None or (name.startswith(_META_PREFIX) and "/" not in name):
+        if key is None or is_meta(name):
             continue
         if sample is None or key != sample["__key__"]:
             if sample is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fastdata.errors import FastdataError, ShardError
 from fastdata.shards.index import resolve_shards
-from fastdata.shards.tario import iter_members, split_name
+from fastdata.shards.tario import is_meta, iter_members, split_name
 from fastdata.shards.urls import open_url
 
 
@@ -77,13 +77,16 @@ def scan_shard(url: str) -> ShardScan:
     except ShardError as exc:
         problems.append(Problem(url, exc.message))
         stream = locals().get("stream") or _HashingReader(None)
+    except OSError as exc:  # a read that fails after opening (a remote or pipe: stream)
+        problems.append(Problem(url, f"cannot read: {exc}"))
+        stream = locals().get("stream") or _HashingReader(None)
     return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), problems)
 
 
 def _check_member(url: str, name: str, samples: dict, order: list, problems: list[Problem]) -> None:
     key, ext = split_name(name)
     if key is None:
-        if not (name.startswith("__") and "/" not in name):
+        if not is_meta(name):
             problems.append(Problem(url, f"member {name!r} has no extension; readers skip it"))
         return
     folders = key.split("/")[:-1]
@@ -136,6 +139,11 @@ def _compare(scan: ShardScan, entry: dict | None, indexed: bool) -> list[Problem
     return out
 
 
+def plural(n: int, noun: str) -> str:
+    """``"1 problem"``, ``"2 problems"``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def register(subparsers) -> None:
     """Adds ``fastdata verify``."""
     p = subparsers.add_parser("verify", help="check shards against the format rules and their index")
@@ -153,6 +161,6 @@ def run(args) -> int:
         return 1
     for problem in problems:
         print(problem)
-    status = "OK" if not problems else f"{len(problems)} problems"
-    print(f"{status}: {total} samples checked")
+    status = "OK" if not problems else plural(len(problems), "problem")
+    print(f"{status}: {plural(total, 'sample')} checked")
     return 1 if problems else 0

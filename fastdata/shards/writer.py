@@ -13,12 +13,15 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from fastdata.shards.files import create_new
 
 
 @dataclass
@@ -108,6 +111,25 @@ def member_size(name: str, size: int) -> int:
     return header + size + (-size % tarfile.BLOCKSIZE)
 
 
+_NUMBER_FIELD = re.compile(r"%0?\d*d")
+
+
+def check_pattern(pattern: str) -> None:
+    """Checks a shard pattern: one number field (``%d``, ``%06d``) in the file name, nothing else.
+
+    Raises:
+        ValueError: no number field, two, another conversion (``%s``), or a field in the folder.
+    """
+    folder, name = os.path.split(pattern)
+    name = name.replace("%%", "")
+    fields = _NUMBER_FIELD.findall(name)
+    if len(fields) != 1 or "%" in _NUMBER_FIELD.sub("", name) or "%" in folder.replace("%%", ""):
+        raise ValueError(
+            f"shard pattern {pattern!r} needs exactly one number field such as %06d in its file "
+            "name and no other % field (write %% for a literal %), e.g. out/train-%06d.tar"
+        )
+
+
 class TarShard:
     """One tar file being written under a temporary name; ``finish`` renames it.
 
@@ -125,7 +147,7 @@ class TarShard:
         self.count = 0
         self.size = 0
         self._hash = hashlib.sha256()
-        self._file: BinaryIO = open(self.tmp_path, "wb")
+        self._file: BinaryIO = create_new(self.tmp_path)  # NOTE [ Temporary files ]
 
     def _put(self, data: bytes) -> None:
         self._file.write(data)
@@ -179,8 +201,7 @@ class ShardWriter:
         on_shard: Callable[[ShardInfo], None] | None = None,
         tmp_suffix: str = ".tmp",
     ) -> None:
-        if "%" not in pattern:
-            raise ValueError(f"shard pattern {pattern!r} needs a number field such as %06d")
+        check_pattern(pattern)
         if maxcount < 1 or maxsize < 1:
             raise ValueError(f"maxcount and maxsize must be positive, got {maxcount}, {maxsize}")
         self.pattern = pattern

@@ -38,6 +38,7 @@ from llvmlite import binding as llvm
 from numba import njit, types
 
 from fastdata.decode import roi
+from fastdata.decode.images import max_image_pixels
 from fastdata.transforms.geometry import DCT_MARGIN
 from fastdata.transforms.kernels.cpu import _resample_columns, axis_tables, extent
 from fastdata.transforms.stages.png import _stream, _uniform, concatenate
@@ -147,7 +148,9 @@ def crop_resize_flip(
         indices: each sample's index in the epoch (NOTE [ Counter-based draws ]).
         key: the epoch's two uint64 key words.
         spec: float64 ``[scale_lo, scale_hi, ratio_lo, ratio_hi, kind, antialias,
-            reduce]``: the box rule, the filter, and whether DCT scaling may apply.
+            reduce, max_pixels]``: the box rule, the filter, whether DCT scaling may
+            apply, and the pixel limit (larger images are declined, NOTE [ Pixel limit ]
+            in ``fastdata.decode.images``).
         flip_p, flip_axis: each flip's probability and axis (0 vertical, 1 horizontal).
         out: ``(N, H, W, 3)`` uint8; only the done samples' slots are written.
         done: uint8 ``(N,)``: 1 where the slot was written, 0 where declined.
@@ -168,7 +171,7 @@ def crop_resize_flip(
         done[i] = 0
         data = flat[starts[i] : ends[i]]
         h, w = jpeg_size(data)
-        if h < 1 or w < 1:
+        if h < 1 or w < 1 or h * w > spec[7]:
             continue
         s = _stream(key, indices[i])
         top, left, ch, cw = rrc_box(h, w, scale, log_ratio, spec[2], spec[3], s)
@@ -244,8 +247,10 @@ class JpegCropStage:
         flat, starts, ends = concatenate(sources)
         done = np.zeros(n, np.uint8)
         params = np.zeros((n, 6), np.int64)
+        limit = max_image_pixels()
+        spec = np.append(self.spec, np.inf if limit is None else float(limit))
         crop_resize_flip(
             flat, starts, ends, np.asarray(indices, np.int64), np.asarray(key, np.uint64),
-            self.spec, self.flip_p, self.flip_axis, out, done, params,
+            spec, self.flip_p, self.flip_axis, out, done, params,
         )  # fmt: skip
         return done.astype(bool), params
