@@ -253,3 +253,28 @@ def test_distributed_sampler_gets_the_epoch():
     result = fit(tiny_cnn(), loader, epochs=3, progress=False)
     assert sampler.epoch == 2
     assert [h["samples"] for h in result.history] == [16, 16, 16]
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(tmp_path):
+    """Resuming a 2-epoch run with epochs=4 trains epochs 3 and 4 at the learning rates an
+    uninterrupted 4-epoch run uses (as the README promises), not at the old schedule's end."""
+    data = DataLoader(separable(32, 6), batch_size=16)
+
+    def lrs(epochs, **kw):
+        torch.manual_seed(0)
+        result = fit(tiny_cnn(), data, epochs=epochs, lr=0.05, progress=False, **kw)
+        return [h["lr"] for h in result.history]
+
+    straight = lrs(4)
+    lrs(2, checkpoint_dir=tmp_path)
+    resumed = lrs(4, resume=tmp_path / "last.pt", checkpoint_dir=tmp_path)
+    # Reference: torch's own cosine schedule over 4 epochs (T_max=4, eta_min=0).
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    reference = []
+    for _ in range(4):
+        reference.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    np.testing.assert_allclose(straight, reference, atol=1e-12)
+    np.testing.assert_allclose(resumed[2:], reference[2:], atol=1e-12)

@@ -142,6 +142,8 @@ def fit(
         result.history, result.steps = load_checkpoint(
             resume, model, opt, sched, scaler, train_loader
         )
+        if sched is not None:
+            _restretch(sched)
     elif seed is not None:
         seed_everything(seed)
     step = result.steps[-1]["step"] if result.steps else 0
@@ -238,6 +240,23 @@ def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
     )
+
+
+def _restretch(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Sets the learning rate a resumed run starts with from this run's schedule.
+
+    NOTE [ Stretching the schedule on resume ]
+    The optimiser's saved state holds the learning rate the *old* schedule gave for the next
+    epoch (0 at its end), and ``LambdaLR`` only recomputes it at the next ``step()``: a run
+    resumed with a larger ``epochs`` would train its first new epoch at the old schedule's
+    rate. Recomputing it from the current schedule (a function of the epoch index only)
+    gives the rate an uninterrupted run with the larger ``epochs`` uses for that epoch.
+    """
+    epoch = sched.last_epoch
+    lrs = [base * fn(epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    sched._last_lr = lrs  # what get_last_lr() reports
 
 
 def _length(loader: Iterable, steps_per_epoch: int | None) -> int | None:
