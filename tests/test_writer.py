@@ -79,3 +79,26 @@ def test_same_samples_give_identical_bytes(tmp_path):
 def test_pattern_needs_a_number(tmp_path):
     with pytest.raises(ValueError, match="number field"):
         ShardWriter(str(tmp_path / "out.tar"))
+
+
+def test_writer_writes_the_index_that_readers_and_verify_use(tmp_path):
+    """ShardWriter leaves an index beside the shards (as ``fastdata convert`` does): counts,
+    sizes and SHA-256 of the files on disk, the sample count and the class counts."""
+    import hashlib
+
+    from fastdata.shards.index import read_index
+    from fastdata.shards.verify import verify
+
+    with ShardWriter(str(tmp_path / "train-%06d.tar"), maxcount=4) as sink:
+        for i in range(10):
+            sink.write({"__key__": f"k{i:02d}", "txt": f"sample {i}", "cls": i % 3})
+    index = read_index(str(tmp_path / "train.index.json"))
+    assert index["num_samples"] == 10 and index["stats"]["class_counts"] == {"0": 4, "1": 3, "2": 3}
+    for shard in index["shards"]:
+        data = (tmp_path / shard["name"]).read_bytes()
+        assert shard["bytes"] == len(data) and shard["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [s["count"] for s in index["shards"]] == [4, 4, 2]
+    assert verify(str(tmp_path / "train.index.json")) == ([], 10)
+    with ShardWriter(str(tmp_path / "other-%06d.tar"), index=False) as sink:
+        sink.write({"__key__": "a", "txt": "x"})
+    assert not (tmp_path / "other.index.json").exists()

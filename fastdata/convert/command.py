@@ -155,7 +155,7 @@ class _State:
         self.seen: dict[str, str] = journal.read_digests(saved.get("digests", 0)) if options.dedupe else {}
         self.new_digests: list[tuple[str, str]] = []
         self.fields: set[str] = set(saved.get("fields", []))
-        self.writer = ShardWriter(pattern, options.maxcount, options.maxsize, start_shard=len(self.shards))
+        self.writer = ShardWriter(pattern, options.maxcount, options.maxsize, start_shard=len(self.shards), index=False)
 
     def close(self) -> list[ShardInfo]:
         self.writer.close()

@@ -63,8 +63,9 @@ from fastdata.loading.fields import (
     decode_field,
     decode_npy,
     field_kinds,
+    sample_field,
 )
-from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order
+from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order, slot_count
 from fastdata.loading.schedule import epoch_schedule
 from fastdata.loading.stream import Failed, Producer, SlotStream, StreamSpec, fresh_slot, merge
 from fastdata.loading.streamplan import StreamPlan, compile_plan
@@ -175,8 +176,40 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 "equal batches on every rank need each shard's sample count: write the shards "
                 "with `fastdata convert` (which writes an index) and pass index=<its URL>"
             )
-        warnings.warn("no index beside the shards: counting their samples (run `fastdata convert` to write one)", stacklevel=3)
+        warnings.warn("no index beside the shards: counting their samples (fastdata.ShardWriter and `fastdata convert` write one)", stacklevel=3)
         return [sum(1 for _ in iter_samples([u], fields=set())) for u in self.urls]
+
+    def __len__(self) -> int:
+        """Samples of this rank's next epoch (torch's ``IterableDataset`` convention).
+
+        Raises:
+            TypeError: the sample counts are unknown (remote shards without an index); as
+                for any ``IterableDataset`` without a length, ``len()`` is then undefined.
+        """
+        counts = self._known_counts()
+        rank, world = self.world()
+        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
+        return slot_count(assign(order, rank=rank, world_size=world, worker=0, num_workers=1), counts)
+
+    def num_batches(self, batch_size: int, num_workers: int = 2) -> int:
+        """Batches ``iter_batches(batch_size, num_workers=...)`` yields on this rank next epoch
+        (the same on every rank: NOTE [ Equal batches per rank ]).
+
+        Raises:
+            TypeError: the sample counts are unknown (remote shards without an index).
+        """
+        counts = self._known_counts()
+        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
+        return min(rank_batches(counts, order, world_size=self.world()[1], num_workers=max(1, int(num_workers)),
+                                batch_size=int(batch_size), drop_last=self.drop_last))  # fmt: skip
+
+    def _known_counts(self) -> list[int]:
+        if not self._batch_path():
+            raise TypeError(
+                "len() of a ShardDataset needs each shard's sample count: these shards are remote "
+                "and have no index; pass index=<URL of the index> (`fastdata convert` writes one)"
+            )
+        return self.counts()  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
@@ -392,6 +425,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
         rngs = SampleRng(self.seed, epoch, rank, worker)
         plan = StreamPlan(self.plan, self._image_shape()) if self.plan is not None else None
+        kinds = list(self.fields.values())
         for i, sample in enumerate(slot.shuffled()):
             src, extra, url, key, field = self._prepare(sample)
             if isinstance(src, Failed):
@@ -399,6 +433,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     raise src.error
                 self.stats.skipped += 1
                 continue
+            extra = tuple(sample_field(kind, v, self.pad_value) for kind, v in zip(kinds, extra, strict=True))
             if plan is None:
                 yield extra
                 continue
