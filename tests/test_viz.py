@@ -168,3 +168,27 @@ def test_contact_sheet_texts_fit_their_cells(tmp_path, monkeypatch):
     assert title_text.replace("\n", " ") == title  # wrapped, not clipped
     assert any(t.endswith(keys[0][-6:]) and t.startswith("…") for t, _ in texts)  # key keeps its end
     _open_png(tmp_path / "s.png", min_w=150)
+
+
+def test_training_legends_cover_no_point(tmp_path, monkeypatch):
+    """No legend hides a data point (the last epoch's points sat under the legend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    history = [
+        {"epoch": e, "train_loss": 2.0 - 0.3 * e, "train_accuracy": 0.2 * e, "val_loss": 2.1 - 0.3 * e,
+         "val_accuracy": 0.19 * e, "val_macro_f1": 0.18 * e, "samples_per_sec": 90.0 + e,
+         "data_wait_share": 0.1}
+        for e in (1, 2, 3, 4, 5)
+    ]  # fmt: skip
+    _, fig = _drawn_texts(monkeypatch, lambda: viz.plot_training(history, tmp_path / "t.png"))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    for ax, legend in legends:
+        box = legend.get_window_extent(renderer)
+        for line in ax.get_lines():
+            points = ax.transData.transform(np.column_stack(line.get_data()))
+            inside = [box.contains(x, y) for x, y in points]
+            assert not any(inside), (line.get_label(), points[inside])
+    _open_png(tmp_path / "t.png", 1000, 300)

@@ -318,8 +318,8 @@ def plot_training(
     speed_ax.title.set_fontsize(11)
     for ax in (loss_ax, acc_ax, speed_ax):
         ax.set_xticks(epochs)
-    loss_ax.legend(fontsize=9)
-    acc_ax.legend(fontsize=9, loc="lower right")
+    for ax in (loss_ax, acc_ax):  # below the axes, never over a point
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle("Training", fontsize=15, weight="bold")
     return _save(fig, path)
 
