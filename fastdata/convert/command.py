@@ -153,6 +153,7 @@ class _State:
         self.duplicates: list[dict[str, str]] = saved.get("duplicates", [])
         self.stats = StatsAccumulator.from_state(saved["stats"]) if saved else StatsAccumulator()
         self.seen: dict[str, str] = journal.read_digests(saved.get("digests", 0)) if options.dedupe else {}
+        self.seen_labels: dict[str, object] = {}  # digest -> label of the sample kept
         self.new_digests: list[tuple[str, str]] = []
         self.fields: set[str] = set(saved.get("fields", []))
         self.writer = ShardWriter(pattern, options.maxcount, options.maxsize, start_shard=len(self.shards), index=False)
@@ -169,10 +170,15 @@ def _consume(state: _State, source, item, prepared: Prepared, options: ConvertOp
             raise SourceError(origin, f"{prepared.error} (use --drop-corrupt to skip such samples)")
         state.skipped.append({"key": item.key, "source": origin, "reason": prepared.error})
     elif options.dedupe and prepared.digest in state.seen:
-        state.duplicates.append({"key": item.key, "source": origin, "duplicate_of": state.seen[prepared.digest]})
+        duplicate = {"key": item.key, "source": origin, "duplicate_of": state.seen[prepared.digest]}
+        kept = state.seen_labels.get(prepared.digest, item.label)  # unknown for resumed digests
+        if kept != item.label:  # the same content filed under two labels: say so
+            duplicate["label_conflict"] = f"label {item.label!r} here, {kept!r} kept"
+        state.duplicates.append(duplicate)
     else:
         if options.dedupe:
             state.seen[prepared.digest] = item.key
+            state.seen_labels[prepared.digest] = item.label
             state.new_digests.append((prepared.digest, item.key))
         shards_before = len(state.writer.shards)
         fields = {ext: source.read(item)[1] if data is None else data for ext, data in prepared.fields.items()}
@@ -344,5 +350,10 @@ def format_report(report: ConvertReport) -> str:
         lines += [f"  {s['source']}: {s['reason']}" for s in report.skipped[:20]]
     if report.duplicates:
         lines.append(f"left out {len(report.duplicates)} duplicates:")
-        lines += [f"  {d['source']} = {d['duplicate_of']}" for d in report.duplicates[:20]]
+        conflicts = [d for d in report.duplicates if "label_conflict" in d]
+        if conflicts:
+            lines[-1] = lines[-1][:-1] + f", {len(conflicts)} with a different label (check them):"
+        shown = (conflicts + [d for d in report.duplicates if "label_conflict" not in d])[:20]
+        lines += [f"  {d['source']} = {d['duplicate_of']}"
+                  + (f" ({d['label_conflict']})" if "label_conflict" in d else "") for d in shown]  # fmt: skip
     return "\n".join(lines)
