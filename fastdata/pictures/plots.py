@@ -107,6 +107,7 @@ def contact_sheet(
     class_names: Sequence[str] | None = None,
     title: str | None = None,
     max_side: int | None = 224,
+    min_text: int = 120,
 ) -> str:
     """Draws images in a grid, each with its key and label underneath.
 
@@ -123,6 +124,7 @@ def contact_sheet(
         class_names: names of integer labels.
         title: title above the grid.
         max_side: longest side of a drawn image; None keeps every image's size.
+        min_text: least width in pixels for a key or label (cells of smaller images widen).
     """
     arrays = [_shrink(to_uint8_hwc(im, mean, std), max_side) for im in images]
     if not arrays or len(keys) != len(arrays) or len(labels) != len(arrays):
@@ -131,7 +133,7 @@ def contact_sheet(
     ncols = max(1, min(ncols, len(arrays)))
     nrows = math.ceil(len(arrays) / ncols)
     pad, text_h = 8, 34
-    cell_w = max(a.shape[1] for a in arrays) + pad
+    cell_w = max(max(a.shape[1] for a in arrays), min_text) + pad  # small images: room for names
     cell_h = max(a.shape[0] for a in arrays) + text_h + pad
     width = ncols * cell_w + pad
     measure = _TextMeasure()
@@ -316,6 +318,7 @@ def plot_training(
     speed_ax.set(title="Throughput (label: share of time waiting for data)", xlabel="epoch",
                  ylabel="training samples / second")  # fmt: skip
     speed_ax.title.set_fontsize(11)
+    speed_ax.set_ylim(0, max([h["samples_per_sec"] for h in history] + [1e-9]) * 1.12)  # room for the labels
     for ax in (loss_ax, acc_ax, speed_ax):
         ax.set_xticks(epochs)
     for ax in (loss_ax, acc_ax):  # below the axes, never over a point
