@@ -89,3 +89,15 @@ def test_show_refuses_zero_samples(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["show", pattern, "-n", "0"])
     assert info.value.code == 2 and "-n" in capsys.readouterr().err
+
+
+def test_show_spreads_its_samples_over_every_shard(tmp_path, monkeypatch):
+    import fastdata.pictures.plots as plots
+
+    shown = {}
+    monkeypatch.setattr(plots, "contact_sheet", lambda images, keys, labels, path, **kw: shown.update(keys=keys))
+    with ShardWriter(str(tmp_path / "v-%02d.tar"), index=False, maxcount=4) as sink:
+        for i in range(12):
+            sink.write({"__key__": f"s{i:02d}", "npy": np.full((8, 8, 3), i, np.uint8), "cls": i // 4})
+    assert main(["show", str(tmp_path / "v-{00..02}.tar"), "-n", "3", "--no-progress", "-o", str(tmp_path / "x.png")]) == 0
+    assert shown["keys"] == ["s00", "s04", "s08"]

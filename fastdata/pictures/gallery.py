@@ -202,7 +202,7 @@ def run_show(args) -> int:
     try:
         urls, index = resolve_shards(_target(args))
         pipeline, rng = _show_pipeline(args.size, args.augment), np.random.default_rng(args.seed)
-        total = (index or {}).get("num_samples") or args.n
+        total = count_samples(urls, index)  # shown samples are spread over every shard
         keys, images, labels = [], [], []
         bar = tqdm(total=args.n, desc="show", unit="img", disable=args.no_progress)
         for key, image, label in iter_images(urls, every=max(1, total // args.n)):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable
@@ -134,7 +135,7 @@ def fit(
         raise FastdataError(
             f"need scheduler 'cosine' or None and log_every >= 1; got {scheduler!r}, {log_every}"
         )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise FastdataError(f"epochs must be an integer of at least 1, got {epochs!r}")
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise FastdataError(f"steps_per_epoch must be at least 1 or None, got {steps_per_epoch!r}")
@@ -317,7 +318,7 @@ def make_loaders(
     """
     for name, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
                              ("workers", workers, 0)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise FastdataError(f"{name} must be an integer of at least {low}, got {value!r}")
     if is_shards(train):
         return make_shard_loaders(train, val, batch_size=batch_size, image_size=image_size,
