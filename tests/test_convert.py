@@ -220,4 +220,4 @@ def test_dedupe_flags_a_duplicate_filed_under_another_class(folder, tmp_path):
     assert by_key["zebra/stray"]["label_conflict"] == f"label {stray!r} here, {kept!r} kept"
     assert "label_conflict" not in by_key["ant/img_1"]
     text = format_report(report)
-    assert "1 with a different label" in text and f"label {stray!r} here" in text
+    assert f"stray.jpg = ant/img_0 (LABEL CONFLICT: label {stray!r} here, {kept!r} kept)" in text

@@ -350,10 +350,12 @@ def format_report(report: ConvertReport) -> str:
         lines += [f"  {s['source']}: {s['reason']}" for s in report.skipped[:20]]
     if report.duplicates:
         lines.append(f"left out {len(report.duplicates)} duplicates:")
-        conflicts = [d for d in report.duplicates if "label_conflict" in d]
-        if conflicts:
-            lines[-1] = lines[-1][:-1] + f", {len(conflicts)} with a different label (check them):"
-        shown = (conflicts + [d for d in report.duplicates if "label_conflict" not in d])[:20]
-        lines += [f"  {d['source']} = {d['duplicate_of']}"
-                  + (f" ({d['label_conflict']})" if "label_conflict" in d else "") for d in shown]  # fmt: skip
+        lines += [_duplicate_line(d) for d in sorted(report.duplicates, key=lambda d: "label_conflict" not in d)[:20]]
     return "\n".join(lines)
+
+
+def _duplicate_line(duplicate: dict) -> str:
+    """A duplicate of the report; label conflicts (listed first) say which labels differ."""
+    conflict = duplicate.get("label_conflict")
+    line = f"  {duplicate['source']} = {duplicate['duplicate_of']}"
+    return line + (f" (LABEL CONFLICT: {conflict})" if conflict else "")
