@@ -1,10 +1,14 @@
 """Conversion throughput: ``fastdata convert`` against a plain single-process conversion
 with the webdataset library's ``ShardWriter``, on the same ImageNet-like JPEG folder.
 
-Run: ``python benchmarks/bench_convert.py [--images 2000] [--repeats 5]``. Prints a
-markdown table (images/s, median/min/max of the repetitions, and the ratio to the
-webdataset baseline measured in the same run). Candidates alternate within each
-repetition so that machine drift affects them alike. Data goes to a temporary folder.
+Run: ``python benchmarks/bench_convert.py [--images 2000] [--repeats 5] [--engine local|ray|both]
+[--maxcount N]``. Prints a markdown table (images/s, median/min/max of the repetitions,
+and the ratio to the webdataset baseline measured in the same run). Candidates alternate
+within each repetition so that machine drift affects them alike. Data goes to a temporary
+folder. ``--engine ray`` (or ``both``) adds ``--engine ray`` candidates on a local Ray
+instance with one CPU per core, started once before the measurement (its start-up time is
+printed, not counted); give ``--maxcount`` below the image count so that there are several
+shard tasks to spread.
 """
 
 from __future__ import annotations
@@ -33,11 +37,23 @@ def webdataset_baseline(src: str, out: str) -> int:
     return len(source.items)
 
 
-def fastdata_candidate(workers: int, stats_samples: int):
+def fastdata_candidate(workers: int, stats_samples: int, maxcount: int = 10_000, engine: str = "local"):
     def run(src: str, out: str) -> int:
-        options = ConvertOptions(workers=workers, stats_samples=stats_samples)
+        options = ConvertOptions(maxcount=maxcount, workers=workers, stats_samples=stats_samples, engine=engine)
         return convert(src, os.path.join(out, "s-%06d.tar"), options).written
     return run
+
+
+def start_ray() -> float:
+    """Starts the local Ray instance the ``--engine ray`` candidates use; returns its start-up seconds."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    start = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return time.perf_counter() - start
 
 
 def measure(candidates: dict, src: str, work: str, repeats: int) -> dict[str, list[float]]:
@@ -67,18 +83,39 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engine", choices=("local", "ray", "both"), default="local")
+    parser.add_argument("--maxcount", type=int, default=10_000, help="samples per shard (shard tasks)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fastdata-bench-convert-") as work:
         src = os.path.join(work, "photos")
         make_image_folder(src, n_per_class=max(1, args.images // 10))
-        candidates = {
-            "webdataset ShardWriter, 1 process": webdataset_baseline,
-            "fastdata convert -j 0 --stats-samples 0 (1 process)": fastdata_candidate(0, 0),
-            "fastdata convert -j 2 --stats-samples 0": fastdata_candidate(2, 0),
-            "fastdata convert -j 0 (default: 500 images decoded for stats)": fastdata_candidate(0, 500),
-            "fastdata convert -j 2 (default: 500 images decoded for stats)": fastdata_candidate(2, 500),
-        }
-        result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process")
+        m = args.maxcount
+        candidates = {"webdataset ShardWriter, 1 process": webdataset_baseline}
+        if args.engine in ("local", "both"):
+            candidates |= {
+                "fastdata convert -j 0 --stats-samples 0 (1 process)": fastdata_candidate(0, 0, m),
+                "fastdata convert -j 2 --stats-samples 0": fastdata_candidate(2, 0, m),
+                "fastdata convert -j 0 (default: 500 images decoded for stats)": fastdata_candidate(0, 500, m),
+                "fastdata convert -j 2 (default: 500 images decoded for stats)": fastdata_candidate(2, 500, m),
+            }
+        notes, started_ray = "", False
+        if args.engine in ("ray", "both"):
+            seconds = start_ray()
+            started_ray = seconds > 0
+            notes = f"\nRay start-up (not counted): {seconds:.1f} s; --maxcount {m}\n"
+            candidates |= {
+                "fastdata convert --engine ray --stats-samples 0": fastdata_candidate(0, 0, m, "ray"),
+                "fastdata convert --engine ray (default: 500 images decoded for stats)":
+                    fastdata_candidate(0, 500, m, "ray"),
+            }
+        try:
+            result = table(measure(candidates, src, work, args.repeats), "webdataset ShardWriter, 1 process")
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        result += notes
     print(result)
     return result
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_remote import served  # noqa: F401  (the local HTTP server fixture)
 from torchvision.datasets import ImageFolder
 
 import fastdata.convert.prepare as prepare_mod
-from fastdata import SourceError, iter_samples
+from fastdata import FastdataError, ShardWriter, SourceError, iter_samples
 from fastdata.cli import main
 from fastdata.convert.command import ConvertOptions, convert
 from fastdata.convert.prepare import PrepareOptions
@@ -82,10 +84,12 @@ def test_seeded_shuffle_is_a_permutation(folder, tmp_path):
     assert sorted(keys["a"]) == sorted(keys["none"]) and keys["a"] != keys["none"]
 
 
-def test_statistics_match_float64_numpy(tmp_path):
+@pytest.mark.parametrize("maxcount", [10_000, 2])  # one shard, or three shard parts merged
+def test_statistics_match_float64_numpy(tmp_path, maxcount):
     rng = np.random.default_rng(2)
     images = [write_image(str(tmp_path / f"src/c{i % 2}/{i}.png"), rng, fmt="PNG") for i in range(6)]
-    report = convert(str(tmp_path / "src"), str(tmp_path / "o/s-%d.tar"))
+    report = convert(str(tmp_path / "src"), str(tmp_path / "o/s-%d.tar"), ConvertOptions(maxcount=maxcount))
+    assert len(report.shards) == 6 // min(maxcount, 6)
     stats = read_index(report.index_path)["stats"]
     pixels = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.float64) / 255
     np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-6)
@@ -160,6 +164,37 @@ def test_dedupe_and_corrupt_images(folder, tmp_path):
     assert report.written == 16
 
 
+def test_dedupe_across_shards_equals_one_sequential_pass(folder, tmp_path):
+    (folder / "ant" / "copy.jpg").write_bytes((folder / "zebra" / "img.3.jpg").read_bytes())
+    good = (folder / "ant" / "img.0.jpg").read_bytes()
+    (folder / "Moth" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "zebra" / "broken_too.jpg").write_bytes(good[: len(good) // 2])  # a duplicate of a corrupt file
+    reports = [convert(str(folder), str(tmp_path / f"m{m}/s-%d.tar"),
+                       ConvertOptions(maxcount=m, dedupe=True, drop_corrupt=True, shuffle_seed=0))
+               for m in (10_000, 2)]  # fmt: skip
+    one, many = reports
+    assert len(one.shards) == 1 and len(many.shards) > 5
+    assert one.duplicates == many.duplicates and len(one.duplicates) == 1
+    assert one.skipped == many.skipped
+    assert sorted(os.path.basename(s["source"]) for s in one.skipped) == ["broken.jpg", "broken_too.jpg"]
+    keys = [[s["__key__"] for s in read_all(r.index_path)[1]] for r in reports]
+    assert keys[0] == keys[1] and len(keys[0]) == one.written == 16
+
+
+def test_a_shard_whose_samples_are_all_dropped_is_written_empty(folder, tmp_path):
+    """No gap in the numbering: a brace pattern over the shards still reads every sample."""
+    good = (folder / "ant" / "img.0.jpg").read_bytes()
+    (folder / "ant" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    report = convert(str(folder), str(tmp_path / "o/s-%03d.tar"),
+                     ConvertOptions(maxcount=1, drop_corrupt=True))  # fmt: skip
+    counts = [s["count"] for s in read_index(report.index_path)["shards"]]
+    assert len(report.skipped) == 1 and sorted(counts)[:2] == [0, 1] and sum(counts) == report.written
+    names = sorted(os.listdir(tmp_path / "o"))
+    assert names[:-1] == [f"s-{n:03d}.tar" for n in range(len(counts))]
+    pattern = str(tmp_path / f"o/s-{{000..{len(counts) - 1:03d}}}.tar")
+    assert len(list(iter_samples(pattern))) == report.written
+
+
 def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, monkeypatch):
     opts = ConvertOptions(maxcount=3, shuffle_seed=1, dedupe=True, drop_corrupt=True)
     clean = convert(str(folder), str(tmp_path / "clean/s-%03d.tar"), opts)
@@ -172,24 +207,53 @@ def test_interrupted_conversion_resumes_to_identical_output(folder, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("fastdata.convert.command.prepare_item", dying)
+    monkeypatch.setattr("fastdata.convert.local_engine.prepare_item", dying)
     with pytest.raises(KeyboardInterrupt):
         convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
-    assert sorted(os.listdir(tmp_path / "cut")) == ["s-000.tar", "s-001.tar", "s-002.tar", "s.index.json.partial",
-                                                    "s.index.json.partial.digests"]
-    monkeypatch.setattr("fastdata.convert.command.prepare_item", real)
+    assert sorted(os.listdir(tmp_path / "cut")) == ["s-000.tar", "s-001.tar", "s-002.tar", "s.index.json.parts"]
+    assert sorted(os.listdir(tmp_path / "cut/s.index.json.parts")) == [f"{n:08d}.json" for n in range(3)] + [
+        "plan.json"]
+    monkeypatch.setattr("fastdata.convert.local_engine.prepare_item", real)
     resumed = convert(str(folder), str(tmp_path / "cut/s-%03d.tar"), opts)
-    assert resumed.resumed_from == 9
+    assert resumed.resumed_shards == 3
     assert [s["sha256"] for s in resumed.shards] == [s["sha256"] for s in clean.shards]
-    a, b = read_index(clean.index_path), read_index(resumed.index_path)
-    assert a["stats"] == b["stats"] and a["shards"] == b["shards"]
+    assert (tmp_path / "clean/s.index.json").read_bytes() == (tmp_path / "cut/s.index.json").read_bytes()
     assert sorted(os.listdir(tmp_path / "cut")) == sorted(os.listdir(tmp_path / "clean"))
     with pytest.raises(Exception, match="other options"):
-        monkeypatch.setattr("fastdata.convert.command.prepare_item", dying)
+        monkeypatch.setattr("fastdata.convert.local_engine.prepare_item", dying)
         calls["n"] = 0
         with pytest.raises(KeyboardInterrupt):
             convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), opts)
         convert(str(folder), str(tmp_path / "cut2/s-%03d.tar"), ConvertOptions(maxcount=4))
+
+
+def test_maxsize_cuts_shards_where_shard_writer_does(folder, tmp_path):
+    report = convert(str(folder), str(tmp_path / "o/s-%04d.tar"), ConvertOptions(maxsize=6_000, shuffle_seed=4))
+    assert len(report.shards) > 3
+    reference = ImageFolder(str(folder))
+    by_key = {os.path.splitext(os.path.relpath(p, folder))[0].replace(".", "_"): (p, c) for p, c in reference.samples}
+    keys = [s["__key__"] for s in read_all(report.index_path)[1]]
+    with ShardWriter(str(tmp_path / "ref/s-%04d.tar"), maxsize=6_000) as sink:
+        for key in keys:
+            path, label = by_key[key]
+            ext = "jpg" if path.lower().endswith(("jpg", "jpeg")) else "png"
+            sink.write({"__key__": key, ext: open(path, "rb").read(), "cls": label})
+    assert report.shards == [s.to_dict() for s in sink.shards]
+
+
+def test_http_folder_and_manifest_through_fsspec(folder, tmp_path, served):  # noqa: F811
+    pytest.importorskip("aiohttp")
+    rows = ["path,label"] + [f"photos/ant/img.{i}.{['jpg', 'png', 'JPEG'][i % 3]},{i % 2}" for i in range(7)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    url = served[1]
+    for src, workers in [("photos", 0), ("m.csv", 2)]:
+        local = convert(str(tmp_path / src), str(tmp_path / f"local-{src}/s-%d.tar"), ConvertOptions(maxcount=5))
+        remote = convert(f"{url}/{src}", str(tmp_path / f"http-{src}/s-%d.tar"),
+                         ConvertOptions(maxcount=5, workers=workers))
+        assert remote.shards == local.shards and remote.written == local.written > 0
+        assert read_index(remote.index_path)["source"]["kind"] == read_index(local.index_path)["source"]["kind"]
+    with pytest.raises(SourceError, match="nothing.csv: cannot read"):
+        convert(f"{url}/nothing.csv", str(tmp_path / "x/s-%d.tar"))
 
 
 def test_cli_convert_and_verify(folder, tmp_path, capsys):
@@ -202,6 +266,12 @@ def test_cli_convert_and_verify(folder, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nothing"), pattern]) == 1
     assert "no such file" in capsys.readouterr().err
     assert json.loads((tmp_path / "cli/train.index.json").read_text())["num_samples"] == 16
+
+
+def test_missing_ray_says_how_to_install(monkeypatch, tmp_path, folder):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` meets when it is not installed
+    with pytest.raises(FastdataError, match=r"pip install 'fastdata\[ray\]'"):
+        convert(str(folder), str(tmp_path / "o/s-%d.tar"), ConvertOptions(engine="ray"))
 
 
 def test_dedupe_flags_a_duplicate_filed_under_another_class(folder, tmp_path):

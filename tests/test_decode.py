@@ -135,3 +135,23 @@ def test_corrupt_png_data_raises_decode_error_naming_sample():
         decode_image(bytes(data), url="a.tar", key="s1", field="png")
     with pytest.raises(DecodeError):
         decode_image(bytes(data)[: len(data) // 2], key="s2")
+
+
+@pytest.mark.parametrize("reduce_to", [None, (8, 8)])
+def test_cmyk_jpeg_matches_pillow_exactly(reduce_to):
+    """torchvision's loader converts CMYK JPEGs with Pillow; so must every fastdata path."""
+    rng = np.random.default_rng(11)
+    cmyk = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(cmyk, "CMYK").save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.convert("RGB"))
+    assert np.array_equal(decode_image(data, reduce_to=reduce_to), expected)
+
+    from fastdata import transforms as T
+
+    plan = T.Compose([T.DecodeImage(), T.CenterCrop(24)]).plan()
+    out = np.empty(plan.sample_shape, np.uint8)
+    plan.sample_into(data, out, np.random.default_rng(0))
+    assert np.array_equal(out, expected[8:32, 12:36])

@@ -131,7 +131,7 @@ def test_boxes_that_shrink_enough_for_dct_scaling_are_declined():
     data = _jpeg(np.random.default_rng(), 900, 1000)
     out = np.zeros((8, 16, 16, 3), np.uint8)
     key = np.zeros(2, np.uint64)
-    reduced = F.Compose([F.RandomResizedCrop(16, scale=(0.5, 1.0))]).plan()
+    reduced = F.Compose([F.DecodeImage(reduce=True), F.RandomResizedCrop(16, scale=(0.5, 1.0))]).plan()
     assert not reduced._stage.run([data] * 8, range(8), key, out)[0].any()
     whole = F.Compose([F.DecodeImage(reduce=False), F.RandomResizedCrop(16, scale=(0.5, 1.0))])
     assert whole.plan()._stage.run([data] * 8, range(8), key, out)[0].all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -73,7 +74,7 @@ def test_state_is_small_and_named(tmp_path):
     state = ds.state_dict()
     # the batch path's epoch is a pure function of the seed: its position is a batch count
     assert set(state) == {"version", "epoch", "batches", "samples", "limit", "seed", "rank", "world_size",
-                          "num_workers", "batch_size"}  # fmt: skip
+                          "num_workers", "batch_size", "shuffle", "buffer_size", "drop_last", "shards"}  # fmt: skip
     assert state["batches"] == 1 and state["samples"] == BATCH
     assert len(json.dumps(state)) < 300
     it.close()
@@ -90,6 +91,27 @@ def test_state_from_another_layout_is_refused(tmp_path):
     other.load_state_dict(state)
     with pytest.raises(ValueError, match="num_workers"):
         other.iter_batches(BATCH, num_workers=1)
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_state_of_another_order_is_refused(tmp_path, index):
+    """A resume must not silently deliver other data: whatever fixes the order is checked."""
+    urls, _ = write_image_shards(str(tmp_path), 20, 5)
+    ds = make(urls, index=index)
+    next(ds.iter_batches(BATCH, num_workers=2))
+    state = ds.state_dict()
+    fewer = re.sub(r"\.\.(\d+)\}", lambda m: f"..{int(m.group(1)) - 1:06d}}}", urls)
+    assert fewer != urls
+    for kw, needle in [({"shuffle": False}, "shuffle"), ({"buffer_size": 5}, "buffer_size"),
+                       ({"drop_last": True}, "drop_last")]:  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            make(urls, index=index, **kw).load_state_dict(state)
+    with pytest.raises(ValueError, match="shard list"):
+        make(fewer, index=index).load_state_dict(state)
+    other = make(urls, index=index)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"num_workers=2 and batch_size=4, this run has num_workers=0"):
+        next(other.iter_batches(BATCH, num_workers=0))
 
 
 CHILD = """

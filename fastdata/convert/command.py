@@ -1,59 +1,50 @@
 """``fastdata convert``: a dataset (image folder, manifest, arrays) into WebDataset shards.
 
-The order of samples is fixed up front (the source's order, or a seeded shuffle of it);
-worker processes prepare samples (``fastdata.convert.prepare``) and the main process writes them
-in that order, so the output is byte-identical whatever the number of workers.
-
-NOTE [ Which samples go to the workers ]
-Storing a file as it is costs less than sending it through a pipe, so worker processes get
-only the samples that are decoded: all of them with ``--drop-corrupt``, re-encoding or
-``--raw``, else the evenly spread statistics sample. The main process prepares the others
-itself and writes everything in order; a worker hands back a stored-as-is file as None
-and the main process reads it (``PrepareOptions.ship_bytes``).
+The conversion is planned up front as a list of shard tasks (``fastdata.convert.plan``,
+NOTE [ Shard tasks ]); an engine runs them (the local process pool by default, or Ray
+tasks on one machine or a cluster with ``--engine ray``) and a merge step writes the
+index, so the output is byte-identical whatever the engine and the number of workers.
 
 NOTE [ Resuming a conversion ]
-After each complete shard the converter rewrites a journal ``<index>.partial`` holding the
-shards so far, the position in the sample order where the next shard starts, the skipped
-and duplicate lists and the statistics accumulated so far; with ``dedupe`` the content
-digests of the stored samples are appended to ``<index>.partial.digests``. A re-run with
-the same source and options checks those shards (size and hash), restores that state and
-continues at the recorded position; since shard boundaries depend only on the samples
-before them, the result is the same as an uninterrupted run. The journal is removed once
-the index is written.
+Each finished task leaves its shard and a part in ``<index>.parts/``; the plan file there
+records the conversion's fingerprint (source and options) and, with ``--dedupe``, the
+duplicates found by the first pass. A re-run with the same source and options reuses
+every part that is whole (its shard has the recorded size and hash) and runs the other
+tasks; a re-run with other options stops with an error instead of mixing two conversions.
+The parts are removed once the index is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import multiprocessing
 import os
-import random
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
 
-from fastdata.convert.prepare import (
-    Prepared,
-    PrepareOptions,
-    init_worker,
-    prepare_item,
-    prepare_task,
-)
+from fastdata.convert.plan import ShardTask, cut_points, find_duplicates, make_tasks, sample_order
+from fastdata.convert.prepare import PrepareOptions
 from fastdata.convert.sources import open_source
-from fastdata.errors import FastdataError, SourceError
-from fastdata.shards.index import StatsAccumulator, index_path_for_pattern, write_index
-from fastdata.shards.writer import ShardInfo, ShardWriter
+from fastdata.convert.task import TaskSettings, clean_up, merge_parts
+from fastdata.errors import FastdataError
+from fastdata.shards.index import write_index
+
+ENGINES = ("local", "ray")
+# How a conversion is run, not what it writes: left out of the fingerprint and the index.
+_RUN_SETTINGS = ("workers", "engine", "ray_address", "retries")
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to convert; see ``fastdata convert --help`` for each option."""
+    """How to convert; see ``fastdata convert --help`` for each option.
+
+    ``engine``, ``ray_address``, ``retries`` and ``workers`` choose how the shard tasks
+    run; they never change the output.
+    """
 
     maxcount: int = 10_000
     maxsize: float = 1e9
@@ -63,6 +54,9 @@ class ConvertOptions:
     dedupe: bool = False
     stats_samples: int = 500
     prepare: PrepareOptions = field(default_factory=PrepareOptions)
+    engine: str = "local"
+    ray_address: str | None = None
+    retries: int = 2
 
 
 @dataclass
@@ -75,7 +69,7 @@ class ConvertReport:
     skipped: list[dict[str, str]]
     duplicates: list[dict[str, str]]
     seconds: float
-    resumed_from: int = 0
+    resumed_shards: int = 0
 
     @property
     def bytes(self) -> int:
@@ -88,193 +82,106 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
 
     Raises:
         SourceError: a sample cannot be read or decoded and ``drop_corrupt`` is off.
+        FastdataError: bad options, an interrupted conversion with other options in the
+            output folder, or (``engine="ray"``) Ray missing or a task lost.
     """
     start = time.perf_counter()
-    options = replace(options, prepare=replace(options.prepare, digest=options.dedupe))
+    if options.engine not in ENGINES:
+        raise FastdataError(f"unknown engine {options.engine!r}: use one of {', '.join(ENGINES)}")
+    if options.maxcount < 1 or options.maxsize < 1:
+        raise FastdataError(f"--maxcount and --maxsize must be positive, got {options.maxcount}, {options.maxsize}")
+    options = replace(options, prepare=replace(options.prepare, digest=False))
     source = open_source(src, labels_path=labels_path, int_labels=int_labels)
-    order = list(range(len(source.items)))
-    if options.shuffle_seed is not None:
-        random.Random(options.shuffle_seed).shuffle(order)
-    index_path = index_path_for_pattern(pattern)
-    fingerprint = _fingerprint(source, pattern, options)
-    state = _Journal(index_path, fingerprint).restore(pattern, options)
-    stride = max(1, math.ceil(len(order) / max(1, options.stats_samples)))
-    stats_on = options.stats_samples > 0
+    order = sample_order(len(source.items), options.shuffle_seed)
+    settings = TaskSettings(pattern, _fingerprint(source, pattern, options), options.drop_corrupt, options.prepare)
+    saved = _read_plan(settings)
+    starts = cut_points(source, order, options.maxcount, options.maxsize, _stored_ext(options.prepare))
+    resumed = 0
+    with _engine(source, options) as engine:
+        duplicates = saved.get("duplicates") if saved else None
+        if options.dedupe and duplicates is None:
+            digests = engine.digests(make_tasks(source, order, starts, 0, {}))
+            duplicates = find_duplicates([source.items[i].key for i in order], digests)
+        duplicates = {int(pos): key for pos, key in (duplicates or {}).items()}
+        _write_plan(settings, duplicates)
+        tasks = make_tasks(source, order, starts, options.stats_samples, duplicates)
+        with tqdm(total=len(order), unit="img", desc="convert", disable=not progress,
+                  dynamic_ncols=True, file=sys.stderr) as bar:
 
-    def tasks() -> Iterator[tuple]:
-        for pos in range(state.next_pos, len(order)):
-            yield pos, source.items[order[pos]], stats_on and pos % stride == 0
+            def on_done(task: ShardTask, reused: bool) -> None:
+                nonlocal resumed
+                resumed += reused
+                bar.update(len(task))
 
-    with tqdm(total=len(order), initial=state.next_pos, unit="img", desc="convert", disable=not progress,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        try:
-            for prepared in _run_prepare(source, tasks, options):
-                _consume(state, source, source.items[order[prepared.ordinal]], prepared, options)
-                bar.update(1)
-        except BaseException:
-            state.writer.abort()  # complete shards and the journal stay for a re-run to resume
-            raise
-    shards = [s.to_dict() for s in state.close()]
-    report = ConvertReport(index_path, shards, sum(s["count"] for s in shards), state.skipped,
-                           state.duplicates, time.perf_counter() - start, state.resumed_from)
-    write_index(index_path, _index_body(source, pattern, options, fingerprint, state, report))
-    state.journal.remove()
+            parts = engine.run(tasks, settings, on_done)
+    merged = merge_parts(parts)
+    _flag_label_conflicts(merged.duplicates, source)
+    report = ConvertReport(settings.index_path, merged.shards, sum(s["count"] for s in merged.shards),
+                           merged.skipped, merged.duplicates, time.perf_counter() - start, resumed)
+    write_index(settings.index_path, _index_body(source, pattern, options, settings.fingerprint, merged, report))
+    clean_up(settings, len(tasks))
     return report
 
 
-def _run_prepare(source, tasks: Callable[[], Iterator[tuple]], options: ConvertOptions) -> Iterator[Prepared]:
-    """Prepared samples in order; see NOTE [ Which samples go to the workers ]."""
-    if options.workers <= 0:
-        for ordinal, item, with_stats in tasks():
-            yield prepare_item(source, item, ordinal, options.prepare, with_stats)
-        return
-    heavy = options.prepare.decodes_all
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    in_worker = replace(options.prepare, ship_bytes=False)
-    with ctx.Pool(options.workers, initializer=init_worker, initargs=(source, in_worker)) as pool:
-        done = pool.imap(prepare_task, (t for t in tasks() if heavy or t[2]), chunksize=4)
-        for ordinal, item, with_stats in tasks():
-            if heavy or with_stats:
-                yield next(done)
-            else:
-                yield prepare_item(source, item, ordinal, options.prepare, False)
+def _engine(source, options: ConvertOptions):
+    if options.engine == "ray":
+        from fastdata.convert.ray_engine import RayEngine
+
+        return RayEngine(source, options.ray_address, options.retries)
+    from fastdata.convert.local_engine import LocalEngine
+
+    return LocalEngine(source, options.prepare, options.workers)
 
 
-class _State:
-    """The running state of a conversion: writer, statistics, skips, duplicates."""
-
-    def __init__(self, pattern: str, options: ConvertOptions, journal: _Journal, saved: dict | None) -> None:
-        saved = saved or {}
-        self.journal = journal
-        self.options = options
-        self.shards = [ShardInfo(**s) for s in saved.get("shards", [])]
-        self.next_pos = self.resumed_from = saved.get("next_pos", 0)
-        self.skipped: list[dict[str, str]] = saved.get("skipped", [])
-        self.duplicates: list[dict[str, str]] = saved.get("duplicates", [])
-        self.stats = StatsAccumulator.from_state(saved["stats"]) if saved else StatsAccumulator()
-        self.seen: dict[str, str] = journal.read_digests(saved.get("digests", 0)) if options.dedupe else {}
-        self.seen_labels: dict[str, object] = {}  # digest -> label of the sample kept
-        self.new_digests: list[tuple[str, str]] = []
-        self.fields: set[str] = set(saved.get("fields", []))
-        self.writer = ShardWriter(pattern, options.maxcount, options.maxsize, start_shard=len(self.shards), index=False)
-
-    def close(self) -> list[ShardInfo]:
-        self.writer.close()
-        return self.shards + self.writer.shards
+def _stored_ext(prepare: PrepareOptions) -> str | None:
+    """The extension transformed samples are stored under (None: files stored as they are)."""
+    return "npy" if prepare.raw else "jpg" if prepare.reencode else None
 
 
-def _consume(state: _State, source, item, prepared: Prepared, options: ConvertOptions) -> None:
-    origin = source.origin(item)
-    if prepared.error is not None:
-        if not options.drop_corrupt:
-            raise SourceError(origin, f"{prepared.error} (use --drop-corrupt to skip such samples)")
-        state.skipped.append({"key": item.key, "source": origin, "reason": prepared.error})
-    elif options.dedupe and prepared.digest in state.seen:
-        duplicate = {"key": item.key, "source": origin, "duplicate_of": state.seen[prepared.digest]}
-        kept = state.seen_labels.get(prepared.digest, item.label)  # unknown for resumed digests
-        if kept != item.label:  # the same content filed under two labels: say so
-            duplicate["label_conflict"] = f"label {item.label!r} here, {kept!r} kept"
-        state.duplicates.append(duplicate)
-    else:
-        if options.dedupe:
-            state.seen[prepared.digest] = item.key
-            state.seen_labels[prepared.digest] = item.label
-            state.new_digests.append((prepared.digest, item.key))
-        shards_before = len(state.writer.shards)
-        fields = {ext: source.read(item)[1] if data is None else data for ext, data in prepared.fields.items()}
-        state.writer.write({"__key__": item.key, **fields})
-        state.fields.update(prepared.fields)
-        state.stats.add_size(*prepared.size)
-        state.stats.add_label(item.label)
-        if prepared.pixel_sums is not None:
-            state.stats.add_pixels(*prepared.pixel_sums)
-        if len(state.writer.shards) > shards_before:
-            state.next_pos = prepared.ordinal + 1
-            state.journal.save(state)
+def _plan_path(settings: TaskSettings) -> str:
+    return os.path.join(settings.parts_dir, "plan.json")
 
 
-class _Journal:
-    """The ``<index>.partial`` file that makes a conversion resumable."""
-
-    def __init__(self, index_path: str, fingerprint: str) -> None:
-        self.path = index_path + ".partial"
-        self.digest_path = self.path + ".digests"
-        self.fingerprint = fingerprint
-
-    def restore(self, pattern: str, options: ConvertOptions) -> _State:
-        saved = self._load()
-        if saved is not None:
-            folder = os.path.dirname(pattern)
-            for shard in saved["shards"]:
-                _check_shard(os.path.join(folder, shard["name"]), shard)
-        return _State(pattern, options, self, saved)
-
-    def _load(self) -> dict | None:
-        if not os.path.exists(self.path):
-            return None
-        with open(self.path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if saved.get("fingerprint") != self.fingerprint:
-            raise FastdataError(
-                f"{self.path}: an interrupted conversion with another source or other options is "
-                "in this folder; re-run it with the same arguments, or delete this file to start over"
-            )
-        return saved
-
-    def save(self, state: _State) -> None:
-        if state.new_digests:
-            with open(self.digest_path, "a", encoding="utf-8") as f:
-                f.writelines(f"{d} {k}\n" for d, k in state.new_digests)
-            state.new_digests.clear()
-        body = {
-            "fingerprint": self.fingerprint,
-            "shards": [s.to_dict() for s in state.shards + state.writer.shards],
-            "next_pos": state.next_pos, "skipped": state.skipped, "duplicates": state.duplicates,
-            "stats": state.stats.state(), "digests": len(state.seen), "fields": sorted(state.fields),
-        }
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(body, f)
-        os.replace(tmp, self.path)
-
-    def read_digests(self, count: int) -> dict[str, str]:
-        if not count:
-            return {}
-        with open(self.digest_path, encoding="utf-8") as f:
-            pairs = [line.split(" ", 1) for _, line in zip(range(count), f, strict=False)]
-        return {d: k.rstrip("\n") for d, k in pairs}
-
-    def remove(self) -> None:
-        for path in (self.path, self.digest_path):
-            if os.path.exists(path):
-                os.remove(path)
+def _read_plan(settings: TaskSettings) -> dict | None:
+    """The plan an interrupted run of this conversion left; see NOTE [ Resuming a conversion ]."""
+    path = _plan_path(settings)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("fingerprint") != settings.fingerprint:
+        raise FastdataError(
+            f"{settings.parts_dir}: an interrupted conversion with another source or other options is "
+            "in this folder; re-run it with the same arguments, or delete that folder to start over"
+        )
+    return saved
 
 
-def _check_shard(path: str, expected: dict) -> None:
-    if not os.path.exists(path) or os.path.getsize(path) != expected["bytes"]:
-        raise FastdataError(f"{path}: recorded as complete by the conversion journal but missing or "
-                            "resized; delete the journal (.partial) to start over")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected["sha256"]:
-        raise FastdataError(f"{path}: content changed since it was written; delete the journal to start over")
+def _write_plan(settings: TaskSettings, duplicates: dict[int, str]) -> None:
+    os.makedirs(settings.parts_dir, exist_ok=True)
+    tmp = _plan_path(settings) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": settings.fingerprint, "duplicates": duplicates}, f)
+    os.replace(tmp, _plan_path(settings))
+
+
+def _what_it_writes(options: ConvertOptions) -> dict[str, Any]:
+    return {k: v for k, v in asdict(options).items() if k not in _RUN_SETTINGS}
 
 
 def _fingerprint(source, pattern: str, options: ConvertOptions) -> str:
     body = {"source": source.describe(), "count": len(source.items), "pattern": os.path.basename(pattern),
-            "options": asdict(options) | {"workers": None}}
+            "options": _what_it_writes(options)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _index_body(source, pattern, options, fingerprint, state: _State, report: ConvertReport) -> dict:
+def _index_body(source, pattern, options, fingerprint, merged, report: ConvertReport) -> dict:
     return {
         "pattern": os.path.basename(pattern), "num_samples": report.written, "shards": report.shards,
-        "fields": sorted(state.fields),
+        "fields": merged.fields,
         "label_map": source.label_map, "source": source.describe(),
-        "stats": state.stats.summary(), "skipped": report.skipped, "duplicates": report.duplicates,
-        "options": asdict(options), "fingerprint": fingerprint,
+        "stats": merged.stats.summary(), "skipped": report.skipped, "duplicates": report.duplicates,
+        "options": _what_it_writes(options), "fingerprint": fingerprint,
     }
 
 
@@ -298,7 +205,7 @@ def register(subparsers) -> None:
     p.add_argument("--maxsize", "--shard-size", type=_parse_size, default=1e9,
                    help="most bytes per shard, e.g. 500M or 1G (default 1G)")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes for decoding (default: all cores; 0 = none)")
+                   help="worker processes for decoding with --engine local (default: all cores; 0 = none)")
     p.add_argument("--shuffle", action="store_true", help="shuffle the sample order (seeded) before writing")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
     p.add_argument("--drop-corrupt", action="store_true",
@@ -312,6 +219,11 @@ def register(subparsers) -> None:
     p.add_argument("--int-labels", action="store_true", help="require integer labels in a manifest")
     p.add_argument("--stats-samples", type=int, default=500,
                    help="images decoded for the mean/std statistics (evenly spread; 0 = none; default 500)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="what runs the shard tasks: this machine's process pool (default) or Ray "
+                   "(a local instance, or a cluster: --ray-address / RAY_ADDRESS; pip install 'fastdata[ray]')")
+    p.add_argument("--ray-address", help="address of a running Ray cluster, e.g. 10.0.0.1:6379 (--engine ray)")
+    p.add_argument("--retries", type=int, default=2, help="times a failed shard task is tried again (--engine ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -324,7 +236,8 @@ def run(args) -> int:
                              check_decode=args.drop_corrupt)
     options = ConvertOptions(maxcount=args.maxcount, maxsize=args.maxsize, workers=args.workers,
                              shuffle_seed=args.seed if args.shuffle else None, drop_corrupt=args.drop_corrupt,
-                             dedupe=args.dedupe, stats_samples=args.stats_samples, prepare=prepare)
+                             dedupe=args.dedupe, stats_samples=args.stats_samples, prepare=prepare,
+                             engine=args.engine, ray_address=args.ray_address, retries=args.retries)
     try:
         report = convert(args.src, args.pattern, options, labels_path=args.labels,
                          int_labels=args.int_labels, progress=not args.no_progress)
@@ -343,8 +256,8 @@ def format_report(report: ConvertReport) -> str:
         f"{report.bytes / 1e6:.1f} MB, {report.seconds:.1f} s ({rate:.0f} samples/s)",
         f"index: {report.index_path}",
     ]
-    if report.resumed_from:
-        lines.append(f"resumed an interrupted conversion at sample {report.resumed_from}")
+    if report.resumed_shards:
+        lines.append(f"resumed an interrupted conversion: {report.resumed_shards} shards were already complete")
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} samples:")
         lines += [f"  {s['source']}: {s['reason']}" for s in report.skipped[:20]]
@@ -352,6 +265,16 @@ def format_report(report: ConvertReport) -> str:
         lines.append(f"left out {len(report.duplicates)} duplicates:")
         lines += [_duplicate_line(d) for d in sorted(report.duplicates, key=lambda d: "label_conflict" not in d)[:20]]
     return "\n".join(lines)
+
+
+def _flag_label_conflicts(duplicates: list[dict], source) -> None:
+    """Marks duplicates whose label differs from the copy kept: the same content filed
+    under two classes is a labelling error the user should see, not a silent drop."""
+    labels = {item.key: item.label for item in source.items}
+    for duplicate in duplicates:
+        mine, kept = labels.get(duplicate["key"]), labels.get(duplicate["duplicate_of"])
+        if mine != kept:
+            duplicate["label_conflict"] = f"label {mine!r} here, {kept!r} kept"
 
 
 def _duplicate_line(duplicate: dict) -> str:

@@ -102,12 +102,32 @@ def prepare_item(source, item: Item, ordinal: int, options: PrepareOptions, with
     return result
 
 
-def _digest(data: bytes, options: PrepareOptions) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest() if options.digest else ""
+def digest_item(source, item: Item) -> str | None:
+    """The content digest of one item as ``--dedupe`` compares it; None if it cannot be read."""
+    try:
+        _, payload = source.read(item)
+    except OSError:
+        return None
+    return _content_digest(payload)
+
+
+def digest_task(item: Item) -> str | None:
+    """Pool entry point of ``digest_item`` (the source is the one ``init_worker`` kept)."""
+    return digest_item(_SOURCE, item)
+
+
+def _content_digest(payload: bytes | np.ndarray) -> str:
+    if isinstance(payload, np.ndarray):
+        payload = repr(payload.shape).encode() + payload.tobytes()
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def _digest(data: bytes | np.ndarray, options: PrepareOptions) -> str:
+    return _content_digest(data) if options.digest else ""
 
 
 def _prepare_array(image: np.ndarray, options: PrepareOptions, with_stats: bool) -> Prepared:
-    digest = _digest(repr(image.shape).encode() + image.tobytes(), options)
+    digest = _digest(image, options)
     height, width = image.shape[:2]
     if options.reencode:
         pil = _resize(_to_rgb(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), options)

@@ -18,7 +18,10 @@ warning and runs on the drop-in path.
 NOTE [ compile=True and worker arguments ]
 On the compiled path ``num_workers`` is the number of worker threads or processes (0: the
 work runs in the iterating thread; ``worker_mode`` chooses), ``timeout`` bounds the wait
-for one batch, ``prefetch_factor`` sets how many batches are queued ahead of the consumer
+for one batch, for the next batch of the sampler and ``target_transform`` (which run in the
+iterating thread), and the cleanup after a failure (NOTE [ Stuck workers ] in
+``fastdata.loading.engine``); worker processes exit when the loader's process dies, as
+torch's do. ``prefetch_factor`` sets how many batches are queued ahead of the consumer
 (all workers share each batch), and ``persistent_workers`` keeps the workers between
 epochs. ``worker_init_fn`` and ``multiprocessing_context`` are not used there: the
 transforms' randomness comes from a per-sample generator seeded from the loader's

@@ -75,8 +75,11 @@ Buffers are reused only when safe: NOTE [ Buffer reuse ] and NOTE [ Output reuse
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import multiprocessing
 import os
+import stat
+import sys
 import threading
 import time
 import traceback
@@ -106,6 +109,7 @@ __all__ = ["BatchEngine", "EngineStats", "Plan", "SampleRef", "SampleRng", "ON_E
 
 ON_ERROR = ("raise", "skip", "warn")
 _POLL_S = 1.0  # how often a blocked wait wakes up to check the deadline
+_NOT_STARTED = -2  # progress mark of a chunk no worker has taken yet
 
 
 class Plan(Protocol):
@@ -213,6 +217,8 @@ class _InFlight:
     refs: Sequence[SampleRef]
     futures: list[Future]
     errors: list[BaseException | None]
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # (lo, hi) of each future
+    progress: list[int] = field(default_factory=list)  # sample each thread chunk is on
 
 
 class BatchEngine:
@@ -349,18 +355,70 @@ class BatchEngine:
                 del images, extras  # see NOTE [ Output reuse ]
                 started = time.perf_counter()
         finally:
-            for job in inflight:  # closed early or failed: let queued work go
-                for fut in job.futures:
-                    fut.cancel()
-                wait(job.futures)
-                if job.slot not in ring.free:
-                    ring.free.append(job.slot)
+            self._drain(inflight, ring)
+
+    def _drain(self, inflight: deque[_InFlight], ring: BatchRing) -> None:
+        """Lets the queued work of a closed or failed iteration go (NOTE [ Stuck workers ]).
+
+        NOTE [ Stuck workers ]
+        Work already running cannot be cancelled, so cleanup waits for it, but no longer
+        than the user's ``timeout``: a worker stuck in a read that never returns (a file on a
+        hung network mount, a FIFO that ``_read_file`` did not catch) would otherwise hang
+        the consumer in cleanup after the timeout was reported. Past the deadline the engine
+        abandons its ring and its pool (a stuck worker may still write into its slot; the
+        next ``iterate`` builds new ones), keeps abandoned threads from blocking the
+        interpreter's exit, and raises the timeout naming the samples still being worked on.
+        """
+        for job in inflight:
+            for fut in job.futures:
+                fut.cancel()
+        deadline = None if self.timeout <= 0 else time.perf_counter() + self.timeout
+        for job in inflight:
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            _, not_done = wait(job.futures, timeout=left)
+            if not_done:
+                self._abandon()
+                if not isinstance(sys.exc_info()[1], (type(None), GeneratorExit)):
+                    return  # the error on its way out already says what went wrong
+                raise RuntimeError(
+                    f"DataLoader timed out after {self.timeout} seconds: the workers are still "
+                    f"busy with {self._busy_with(job, not_done)} after the iteration ended"
+                )
+            if job.slot not in ring.free:
+                ring.free.append(job.slot)
+
+    def _abandon(self) -> None:
+        """Drops a ring and pool whose workers are stuck (NOTE [ Stuck workers ])."""
+        pool, self._pool, self._ring = self._pool, None, None
+        if pool is None:
+            return
+        for thread in getattr(pool, "_threads", ()):
+            # Worker threads of a ThreadPoolExecutor are joined at interpreter exit.
+            concurrent.futures.thread._threads_queues.pop(thread, None)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _busy_with(job: _InFlight, not_done: set[Future]) -> str:
+        """Names the samples of the unfinished chunks, as precisely as is known."""
+        names = []
+        for n, fut in enumerate(job.futures):
+            if fut not in not_done:
+                continue
+            lo, hi = job.chunks[n]
+            at = job.progress[n] if n < len(job.progress) else -1
+            if at == _NOT_STARTED:
+                continue
+            picked = [job.refs[at]] if lo <= at < hi else job.refs[lo:hi]
+            names.extend(_describe(ref) for ref in picked)
+        if not names:
+            return f"a batch of {len(job.refs)} samples"
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
     def _top_up(self, source: Iterator, inflight: deque, ring: BatchRing, rngs: SampleRng) -> bool:
         """Queues batches while buffers are free; returns True once ``source`` is done."""
         while ring.free:
             try:
-                refs = next(source)
+                refs = next(source) if self.timeout <= 0 else _next_within(source, self.timeout)
             except StopIteration:
                 return True
             if len(refs) == 0:
@@ -378,15 +436,20 @@ class BatchEngine:
             fut: Future = Future()
             fut.set_result(_produce(self.plan, refs, 0, len(refs), out, rngs))
             job.futures.append(fut)
+            job.chunks.append((0, len(refs)))
             return job
         step = max(1, -(-len(refs) // (4 * self.num_threads)))
-        for lo in range(0, len(refs), step):
+        for n, lo in enumerate(range(0, len(refs), step)):
             hi = min(lo + step, len(refs))
             if self.processes:
                 fut = self._pool.submit(_process_chunk, slot, refs[lo:hi], lo, rngs.words)
             else:
-                fut = self._pool.submit(_produce, self.plan, refs, lo, hi, out, rngs)
+                job.progress.append(_NOT_STARTED)
+                fut = self._pool.submit(
+                    _produce, self.plan, refs, lo, hi, out, rngs, (job.progress, n)
+                )
             job.futures.append(fut)
+            job.chunks.append((lo, hi))
         return job
 
     def _wait(self, job: _InFlight) -> None:
@@ -394,13 +457,17 @@ class BatchEngine:
         t0 = time.perf_counter()
         pending = job.futures
         while True:
-            _, not_done = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+            left = _POLL_S if self.timeout <= 0 else min(_POLL_S, t0 + self.timeout - time.perf_counter())
+            _, not_done = wait(pending, timeout=max(0.0, left), return_when=FIRST_EXCEPTION)
             if not not_done:
                 break
             pending = list(not_done)
             waited = time.perf_counter() - t0
-            if self.timeout > 0 and waited > self.timeout:
-                raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds")
+            if self.timeout > 0 and waited >= self.timeout:
+                raise RuntimeError(
+                    f"DataLoader timed out after {self.timeout} seconds waiting for a batch; "
+                    f"the workers are still busy with {self._busy_with(job, not_done)}"
+                )
         self.stats.wait_s += time.perf_counter() - t0
         for fut in job.futures:
             try:
@@ -465,15 +532,25 @@ class BatchEngine:
 
 
 def _produce(
-    plan: Plan, refs: Sequence[SampleRef], lo: int, hi: int, out: np.ndarray, rngs: SampleRng
+    plan: Plan,
+    refs: Sequence[SampleRef],
+    lo: int,
+    hi: int,
+    out: np.ndarray,
+    rngs: SampleRng,
+    progress: tuple[list[int], int] | None = None,
 ) -> list[tuple[int, Exception]]:
     """Worker body: samples ``lo:hi`` of a batch into their slots; failures as values.
 
     A plan with a batch-level stage (``plan.chunk_into``, see NOTE [ Batch-level stage ])
     gets the chunk's sources first; the samples it declines go through ``sample_into``.
+    ``progress``: ``(list, n)``; item ``n`` of the list is set to the sample being worked
+    on, so that a timeout can name it (-1 while the batch-level stage runs).
     """
     failures, sources = [], []
+    marks, n = progress if progress is not None else ([-1], 0)
     for i in range(lo, hi):
+        marks[n] = i
         src = refs[i].source
         try:
             if isinstance(src, (str, os.PathLike)):
@@ -483,6 +560,7 @@ def _produce(
             src = None
         sources.append(src)
     todo = range(lo, hi)
+    marks[n] = -1
     chunk_into = getattr(plan, "chunk_into", None)
     done = None if chunk_into is None or hi == lo else chunk_into(
         sources, [ref.index for ref in refs[lo:hi]], rngs.key, out[lo:hi]
@@ -494,6 +572,7 @@ def _produce(
         if i in failed:
             continue
         ref = refs[i]
+        marks[n] = i
         try:
             rng = rngs.for_sample(ref.index)
             plan.sample_into(
@@ -510,8 +589,10 @@ def _read_file(path: str | os.PathLike) -> bytes:
     ``open(...).read()`` costs ~13 us on a 2 KB file (buffered reader, context manager),
     ``os.open`` and one ``os.read`` ~4 us: a fifth of the work of a 32x32 PNG sample.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{os.fspath(path)}: not a regular file (a FIFO, socket or device)")
         data = os.read(fd, _FIRST_READ)
         if len(data) < _FIRST_READ:
             return data
@@ -529,6 +610,49 @@ _PROCESS: dict[str, Any] = {}  # a worker process's plan, ring arrays and rng
 
 def _init_process(plan: Plan, ring: list[torch.Tensor]) -> None:
     _PROCESS.update(plan=plan, arrays=[t.numpy() for t in ring], rngs=None)
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), daemon=True, name="fastdata-watchdog"
+    ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Ends a worker process whose parent died (killed, or ``os._exit``), as torch's do.
+
+    A forked worker holds both ends of its pool's pipes, so it never sees them close; it
+    would wait for work forever, adopted by init. Polling ``getppid`` is what torch's
+    ``ManagerWatchdog`` does too.
+    """
+    while os.getppid() == parent:
+        time.sleep(_WATCH_S)
+    os._exit(1)
+
+
+_WATCH_S = 0.5
+
+
+def _next_within(source: Iterator, timeout: float) -> Any:
+    """``next(source)``, run in a daemon thread so that a call that never returns (a
+    ``target_transform``, a sampler) ends in the user's timeout instead of a hang."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, next(source)))
+        except BaseException as exc:  # StopIteration included: re-raised below
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True, name="fastdata-source")
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise RuntimeError(
+            f"DataLoader timed out after {timeout} seconds waiting for the next batch of "
+            "samples: the sampler or the dataset's target_transform did not return"
+        )
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
 
 
 def _process_chunk(
@@ -564,6 +688,14 @@ def _as_fastdata_error(exc: Exception, ref: SampleRef) -> Exception:
     wrapped.__cause__ = exc
     wrapped.__traceback__ = exc.__traceback__
     return wrapped
+
+
+def _describe(ref: SampleRef) -> str:
+    """A sample's name for messages: its file, or its shard and key."""
+    path = _path_or_none(ref.source)
+    if path is not None:
+        return path
+    return f"{ref.url}:{ref.key}" if ref.key is not None else f"sample {ref.index} of {ref.url}"
 
 
 def _path_or_none(source: Any) -> str | None:

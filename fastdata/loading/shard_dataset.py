@@ -34,7 +34,9 @@ differently (the same seed gives a different order and different crops on each).
 
 State (``state_dict()``), all small integers: ``epoch``, ``batches`` and ``samples``
 delivered this epoch, ``turn`` and ``limit`` (batches this epoch, None when unknown), plus
-``seed``, ``rank``, ``world_size``, ``num_workers`` and ``batch_size``, checked on load. On
+``seed``, ``rank``, ``world_size``, ``num_workers``, ``batch_size``, ``shuffle``,
+``buffer_size``, ``drop_last`` and ``shards`` (a hash of the shard file names), checked on
+load: a state from a run with another order is refused, not resumed into other data. On
 the batch path that is all a resumed run needs (it recomputes the epoch's schedule and
 skips the delivered batches); on the streaming path ``slots[w]`` adds, per worker,
 ``shard``, ``offset``, ``seen``, ``draws``, ``buffer`` (flat ``[shard_pos, offset, ...]`` of
@@ -43,6 +45,7 @@ the buffered samples) and ``done``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -77,6 +80,7 @@ from fastdata.shards.urls import expand_urls, open_url
 __all__ = ["ShardDataset", "IMAGE_FIELDS"]
 
 _STATE_VERSION = 1
+_OPTIONAL_KEYS = ("shuffle", "buffer_size", "drop_last", "shards")
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
@@ -237,32 +241,38 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if state.get("slots") is None and not state.get("batches"):
             self.set_epoch(state["epoch"])
             return
-        rank, world = self.world()
-        mine = {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world}
+        mine = self._order_header()
         for key, value in mine.items():
+            if key in _OPTIONAL_KEYS and key not in state:
+                continue  # a state saved before the key was recorded
             if state.get(key) != value:
-                raise ValueError(f"state_dict was taken with {key}={state.get(key)!r}, this run has {value!r}")
+                what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
+                now = "another" if key == "shards" else repr(value)
+                raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
+                                 "with the dataset's arguments of the run that saved it")  # fmt: skip
         self._resume = dict(state)
         self._epoch = int(state["epoch"])
+
+    def _order_header(self) -> dict:
+        """What fixes the order of an epoch besides its number; checked on load."""
+        rank, world = self.world()
+        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
+        return {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world,
+                "shuffle": bool(self.shuffle), "buffer_size": self.buffer_size, "drop_last": bool(self.drop_last),
+                "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
 
     def _fresh(self, epoch: int, workers: int) -> dict:
         return {"epoch": epoch, "batches": 0, "samples": 0, "turn": 0, "slots": [fresh_slot() for _ in range(workers)]}
 
-    def _start_state(self, workers: int, batch_size: int) -> dict:
-        rank, world = self.world()
+    def _start_state(self, workers: int, batch_size: int, num_workers: int) -> dict:
         start = self._resume
         self._resume = None
         if start is not None:
-            if (start["num_workers"], start["batch_size"]) != (workers, batch_size):
-                raise ValueError(
-                    f"state_dict was taken with num_workers={start['num_workers']} and batch_size="
-                    f"{start['batch_size']}; resume with the same (got {workers}, {batch_size})"
-                )
+            _check_layout(start, workers, batch_size, num_workers)
         else:
             start = self._fresh(self._epoch, workers)
         self._epoch = start["epoch"] + 1
-        header = {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world,
-                  "num_workers": workers, "batch_size": batch_size}  # fmt: skip
+        header = {**self._order_header(), "num_workers": workers, "batch_size": batch_size}
         return {**start, **header}
 
     # -- iteration -------------------------------------------------------------------------
@@ -308,7 +318,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if self._batch_path():
             ahead = max(2, int(num_workers) * prefetch)
             return self._batch_epoch(workers, int(batch_size), int(num_workers), device, memory_format, timeout, ahead, stats)
-        start = self._start_state(workers, int(batch_size))
+        start = self._start_state(workers, int(batch_size), int(num_workers))
         engine = None
         if self.plan is not None:
             engine = BatchEngine(
@@ -374,19 +384,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self.world()
         start = self._resume or _fresh_batch(self._epoch)
         self._resume = None
-        if start.get("num_workers", workers) != workers or start.get("batch_size", bs) != bs:
-            raise ValueError(
-                f"state_dict was taken with num_workers={start['num_workers']} and batch_size="
-                f"{start['batch_size']}; resume with the same (got {workers}, {bs})"
-            )
+        _check_layout(start, workers, bs, threads)
         epoch = int(start["epoch"])
         self._epoch = epoch + 1
         order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
         schedule = epoch_schedule(self.counts(), order, seed=self.seed, epoch=epoch, rank=rank, world_size=world,
                                   num_workers=workers, batch_size=bs, drop_last=self.drop_last,
                                   shuffle=self.shuffle, buffer_size=self.buffer_size)  # fmt: skip
-        header = {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world,
-                  "num_workers": workers, "batch_size": bs, "limit": schedule.batches}  # fmt: skip
+        header = {**self._order_header(), "num_workers": workers, "batch_size": bs, "limit": schedule.batches}
         stream = BatchStream(self, schedule, epoch=epoch, rank=rank, first=int(start["batches"]), num_workers=threads,
                              device=device, memory_format=memory_format, timeout=timeout, ahead=ahead, stats=stats)  # fmt: skip
         return self._batch_loop(stream, schedule, epoch, header)
@@ -522,6 +527,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     raise
                 self._sample_shape = (*src.shape[:2], 3)
         return self._sample_shape
+
+
+def _check_layout(start: dict, workers: int, batch_size: int, num_workers: int) -> None:
+    """Rejects a resume whose worker count or batch size differs from the saving run's."""
+    saved = (start.get("num_workers", workers), start.get("batch_size", batch_size))
+    if saved != (workers, batch_size):
+        raise ValueError(
+            f"state_dict was taken with num_workers={saved[0]} and batch_size={saved[1]}, this "
+            f"run has num_workers={num_workers} and batch_size={batch_size} (num_workers=0 "
+            "reads like num_workers=1); resume with the same num_workers and batch_size"
+        )
 
 
 def _fresh_batch(epoch: int) -> dict:

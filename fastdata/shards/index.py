@@ -130,6 +130,16 @@ class StatsAccumulator:
         self.pixel_count += count
         self.images += 1
 
+    def merge(self, other: StatsAccumulator) -> None:
+        """Adds ``other``'s sums and counts to this one's (exact: no average of averages)."""
+        self.pixel_sum += other.pixel_sum
+        self.pixel_sq_sum += other.pixel_sq_sum
+        self.pixel_count += other.pixel_count
+        self.images += other.images
+        for mine, theirs in ((self.class_counts, other.class_counts), (self.sizes, other.sizes)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
     def state(self) -> dict[str, Any]:
         return {
             "pixel_sum": self.pixel_sum.tolist(),

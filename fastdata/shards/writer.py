@@ -103,12 +103,26 @@ def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
     return bytes(header)
 
 
-class TarShard:
-    """One tar file being written under a temporary name; ``finish`` renames it."""
+def member_size(name: str, size: int) -> int:
+    """The bytes one tar member of ``size`` bytes named ``name`` takes in a shard."""
+    simple = name.isascii() and len(name) <= 100 and size < 8**11
+    header = 512 if simple else len(tar_header(name, size))
+    return header + size + (-size % tarfile.BLOCKSIZE)
 
-    def __init__(self, path: str, mtime: int = 0) -> None:
+
+class TarShard:
+    """One tar file being written under a temporary name; ``finish`` renames it.
+
+    Args:
+        path: the shard's final path.
+        mtime: the modification time stamped on every member.
+        tmp_suffix: appended to ``path`` while writing; give each writer its own when two
+            could write the same shard at once (a retried task and its lost first attempt).
+    """
+
+    def __init__(self, path: str, mtime: int = 0, tmp_suffix: str = ".tmp") -> None:
         self.path = path
-        self.tmp_path = path + ".tmp"
+        self.tmp_path = path + tmp_suffix
         self.mtime = mtime
         self.count = 0
         self.size = 0
@@ -154,6 +168,7 @@ class ShardWriter:
             for ``out/train-%06d.tar``; the format ``fastdata convert`` writes: per shard
             name, count, bytes and SHA-256, plus the sample count and the class counts of
             integer ``cls`` fields), so that readers know the lengths without counting.
+        tmp_suffix: appended to a shard's name while it is written (see ``TarShard``).
 
     Example:
         >>> with ShardWriter("out/train-%06d.tar", maxcount=1000) as sink:
@@ -168,6 +183,7 @@ class ShardWriter:
         maxsize: float = 3e9,
         start_shard: int = 0,
         on_shard: Callable[[ShardInfo], None] | None = None,
+        tmp_suffix: str = ".tmp",
         index: bool = True,
     ) -> None:
         if "%" not in pattern:
@@ -181,6 +197,7 @@ class ShardWriter:
         self.on_shard = on_shard
         self.index_path = index_path_for_shard(pattern % start_shard) if index else None
         self.class_counts: dict[str, int] = {}
+        self.tmp_suffix = tmp_suffix
         self.shards: list[ShardInfo] = []
         self._current: TarShard | None = None
 
@@ -211,7 +228,7 @@ class ShardWriter:
         if cur is None:
             path = self.pattern % self.next_shard
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            cur = self._current = TarShard(path)
+            cur = self._current = TarShard(path, tmp_suffix=self.tmp_suffix)
             self.next_shard += 1
         return cur
 
@@ -224,9 +241,16 @@ class ShardWriter:
         if self.on_shard is not None:
             self.on_shard(info)
 
-    def close(self) -> list[ShardInfo]:
-        """Completes the last shard, writes the index (unless ``index=False``); returns the
-        infos of every shard written."""
+    def close(self, empty_shard: bool = False) -> list[ShardInfo]:
+        """Completes the last shard and writes the index (unless ``index=False``); returns
+        the infos of every shard written.
+
+        Args:
+            empty_shard: when no sample was written at all, write one empty shard (a valid
+                tar of no members), so that a numbered series of shards has no gap.
+        """
+        if empty_shard and not self.shards:
+            self._shard_for_next()
         self._finish_current()
         if self.index_path is not None and self.shards:
             stats = {"class_counts": dict(sorted(self.class_counts.items(), key=lambda kv: int(kv[0])))}

@@ -116,7 +116,7 @@ class Plan:
         self.transforms = list(transforms)
         self.sample_ops = [t for t in self.transforms if t.stage == "sample"]
         decoders = [t for t in self.transforms if t.stage == "decode"]
-        self.reduce = decoders[-1].reduce if decoders else True
+        self.reduce = decoders[-1].reduce if decoders else False  # NOTE [ DCT scaling ]
         resizes = [
             t for t in self.sample_ops if type(t).__name__ in ("Resize", "RandomResizedCrop")
         ]
