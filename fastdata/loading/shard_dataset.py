@@ -504,7 +504,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 raise bad[0].error
             good = [r.extra for r in refs if not isinstance(r.source, Failed)]
             if not good:
-                raise DecodeError(None, None, None, "every sample of a batch failed") from bad[0].error
+                first = bad[0].error
+                raise DecodeError(getattr(first, "url", None), None, None,
+                                  f"every sample of a batch failed; the first: {first}") from first  # fmt: skip
             for failed in bad:
                 stats.skipped += 1
                 if self.on_error == "warn":
