@@ -31,7 +31,7 @@ def write_image_shards(
     rng = np.random.default_rng(seed)
     pixels = {}
     pattern = os.path.join(folder, "train-%06d.tar")
-    with ShardWriter(pattern, maxcount=per_shard) as sink:
+    with ShardWriter(pattern, maxcount=per_shard, index=index) as sink:
         for i in range(n):
             key = f"s{i:05d}"
             img = rng.integers(0, 256, (size, size + 2, 3), dtype=np.uint8)

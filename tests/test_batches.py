@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastdata import transforms as T
+from fastdata.errors import ShardError
 from fastdata.loading.sampling import rank_batches, shard_order
 from fastdata.loading.schedule import epoch_schedule
 from fastdata.loading.shard_dataset import ShardDataset
@@ -230,3 +231,48 @@ def test_uint8_batches_mixing_shards_match_numpy_reference(tmp_path, chw):
             assert torch.equal(images[r], expect), k
         pos += len(keys)
     assert pos == 30 and mixed > 0
+
+
+def _readable_keys(path) -> list[str]:
+    """Keys Python's tarfile reads from a (possibly truncated) shard: the reference."""
+    import tarfile
+
+    keys = []
+    try:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                data = tar.extractfile(info).read()
+                if len(data) == info.size and info.name.endswith(".npy"):
+                    keys.append(info.name.split(".", 1)[0])
+    except (tarfile.TarError, OSError):
+        pass
+    return keys
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_fills_batches_of_a_truncated_indexed_shard_from_elsewhere(tmp_path, workers):
+    """Without shuffling, the samples a truncated shard lost fill whole batches: under
+    on_error="skip" they take good samples from elsewhere in the epoch (every batch keeps
+    its size, every lost sample is counted); with no good sample at all, the error names
+    the shards."""
+    rng = np.random.default_rng(0)
+    with ShardWriter(str(tmp_path / "d-%02d.tar"), maxcount=10) as sink:  # writes the index
+        for i in range(30):
+            sink.write({"__key__": f"s{i:03d}", "npy": rng.integers(0, 256, (6, 6, 3), np.uint8), "cls": i})
+    middle = tmp_path / "d-01.tar"
+    middle.write_bytes(middle.read_bytes()[: 512 * 9])  # keeps a few samples of 10
+    # The reference: what tarfile reads, less the truncated shard's last sample (its
+    # other files may be what was cut off, so readers do not deliver it).
+    readable = {k for n in (0, 2) for k in _readable_keys(tmp_path / f"d-{n:02d}.tar")}
+    readable |= set(_readable_keys(middle)[:-1])
+    assert 20 < len(readable) < 30
+    ds = ShardDataset(str(tmp_path / "d-{00..02}.tar"), transform=T.Compose([T.CenterCrop(4)]),
+                      fields=("__key__",), on_error="skip")  # fmt: skip
+    batches = list(ds.iter_batches(4, num_workers=workers))
+    assert sorted(len(keys) for _, keys in batches) == [2] + [4] * 7  # the index's 30 samples
+    assert {k for _, keys in batches for k in keys} == readable
+    assert ds.stats.skipped == 30 - len(readable)
+    for n in range(3):
+        (tmp_path / f"d-{n:02d}.tar").write_bytes(b"")
+    with pytest.raises(ShardError, match="d-00.tar.*no sample of this epoch can be read"):
+        list(ds.iter_batches(4, num_workers=workers))

@@ -346,3 +346,22 @@ def test_ctrl_c_during_convert_stops_in_one_line_and_resumes(folder, tmp_path, c
     assert main(args) == 0
     assert "resumed an interrupted conversion" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "cut/s.index.json")]) == 0
+
+
+def test_dedupe_flags_a_duplicate_filed_under_another_class(folder, tmp_path):
+    """The same file under two classes is a label conflict: the duplicate is still left
+    out, and the report says which labels disagree (torchvision's ImageFolder is the
+    reference for the labels)."""
+    from fastdata.convert.command import format_report
+
+    (folder / "zebra" / "stray.jpg").write_bytes((folder / "ant" / "img.0.jpg").read_bytes())
+    (folder / "ant" / "copy.png").write_bytes((folder / "ant" / "img.1.png").read_bytes())
+    labels = {os.path.relpath(p, folder): y for p, y in ImageFolder(str(folder)).samples}
+    report = convert(str(folder), str(tmp_path / "s-%d.tar"), ConvertOptions(dedupe=True))
+    by_key = {d["key"]: d for d in report.duplicates}
+    assert set(by_key) == {"zebra/stray", "ant/img_1"}  # "copy" sorts before "img.1"
+    stray, kept = labels[os.path.join("zebra", "stray.jpg")], labels[os.path.join("ant", "img.0.jpg")]
+    assert by_key["zebra/stray"]["label_conflict"] == f"label {stray!r} here, {kept!r} kept"
+    assert "label_conflict" not in by_key["ant/img_1"]
+    text = format_report(report)
+    assert f"stray.jpg = ant/img_0 (LABEL CONFLICT: label {stray!r} here, {kept!r} kept)" in text

@@ -269,3 +269,71 @@ def test_dataloader_rejects_prefetch_factor_zero_like_torch(tmp_path):
     for compile_ in (False, True):
         with pytest.raises(ValueError, match="prefetch_factor"):
             fastdata.DataLoader(data, batch_size=2, num_workers=2, prefetch_factor=0, compile=compile_)
+# -- len(), index-less shards, token fields under torch's DataLoader ---------------------------
+
+
+@pytest.mark.parametrize("index", [True, False])
+@pytest.mark.parametrize("world, workers, drop_last", [(1, 0, False), (1, 2, False), (2, 2, True)])
+def test_len_counts_what_an_epoch_yields(tmp_path, index, world, workers, drop_last):
+    """len() of the dataset is this rank's samples, of fastdata's and torch's DataLoader the
+    batches they yield (as pytorch/examples' ImageNet script and torchvision's logger ask)."""
+    import fastdata.loading.dataloader
+
+    urls, _ = write_image_shards(str(tmp_path), 37, 5, index=index)
+    for rank in range(world):
+        kw = {"fields": ("__key__",), "shuffle": True, "seed": 1, "drop_last": drop_last}
+        if world > 1:
+            kw.update(rank=rank, world_size=world)
+        ds = ShardDataset(urls, transform=aug(), **kw)
+        assert len(ds) == sum(1 for _ in ShardDataset(urls, transform=aug(), **kw))
+        loader = fastdata.loading.dataloader.DataLoader(ds, batch_size=4, num_workers=workers)
+        assert len(loader) == len(list(loader))
+        if world == 1 and workers == 0:
+            torch_loader = torch.utils.data.DataLoader(ds, batch_size=4)
+            assert len(torch_loader) == len(list(torch_loader))
+
+
+def test_index_less_webdataset_shards_through_every_loader(tmp_path):
+    """Shards written by the webdataset library (no index) work with iter_batches, fastdata's
+    DataLoader (len() included) and torch's DataLoader."""
+    wds = pytest.importorskip("webdataset")
+    import fastdata.loading.dataloader
+
+    rng = np.random.default_rng(0)
+    with wds.ShardWriter(str(tmp_path / "w-%06d.tar"), maxcount=10, verbose=0) as sink:
+        for i in range(40):
+            sink.write({"__key__": f"s{i:03d}", "npy": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "cls": i % 4})
+    urls = str(tmp_path / "w-{000000..000003}.tar")
+    ds = ShardDataset(urls, transform=aug(), fields=("__key__",))
+    loader = fastdata.loading.dataloader.DataLoader(ds, batch_size=8, num_workers=2)
+    batches = list(loader)
+    keys = [k for _, batch in batches for k in batch]
+    assert sorted(keys) == [f"s{i:03d}" for i in range(40)]
+    assert len(loader) == len(batches) == 6 and len(ds) == 40  # 2 workers: 8 + 8 + 4 each
+    assert sum(len(k) for _, k in torch.utils.data.DataLoader(ds, batch_size=8)) == 40
+
+
+def test_token_fields_collate_under_torch_dataloader_without_warnings(tmp_path):
+    """torch's DataLoader pads token fields into the Padded batch fastdata's loader gives,
+    and no read-only NumPy view reaches torch (no 'not writable' warning)."""
+    import warnings
+
+    import fastdata.loading.dataloader
+
+    urls, _ = write_image_shards(str(tmp_path), 23, 6, extra=True, raw=True)  # raw: an .npy array field
+    fields = {"__key__": "text", "tokens.npy": "tokens", "npy": "array"}
+    ds = ShardDataset(urls, transform=None, fields=fields, pad_value=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        theirs = list(torch.utils.data.DataLoader(ds, batch_size=5))
+        ours = list(fastdata.loading.dataloader.DataLoader(ds, batch_size=5, num_workers=0))
+    assert len(theirs) == len(ours) == 5
+    for (keys, tokens, arrays), (keys2, tokens2, arrays2) in zip(theirs, ours, strict=True):
+        assert list(keys) == list(keys2) and isinstance(tokens, Padded)
+        assert torch.equal(tokens.values, tokens2.values) and torch.equal(tokens.mask, tokens2.mask)
+        assert torch.equal(arrays, arrays2)
+        lengths = [int(k[1:]) % 5 + 1 for k in keys]  # independent reference: what was written
+        expected = np.full((len(keys), max(lengths)), -1)
+        for row, (key, n) in enumerate(zip(keys, lengths, strict=True)):
+            expected[row, :n] = np.arange(n) + int(key[1:])
+        np.testing.assert_array_equal(tokens.values.numpy(), expected)

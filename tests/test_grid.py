@@ -70,3 +70,24 @@ def test_grid_search_routes_parameters_and_ranks():
 def test_grid_search_rejects_unknown_parameters():
     with pytest.raises(FastdataError, match="neither fit"):
         grid_search({"colour": ["red"]}, lambda batch_size=4: ([], []), lambda: nn.Linear(1, 1))
+
+
+def test_grid_ties_go_to_the_lower_loss_and_bars_name_the_combination(monkeypatch):
+    """Equal accuracies are ranked by validation loss; each run's bar names its combination."""
+    import fastdata.train.grid as grid_module
+
+    outcomes = {0.1: (0.5, 6662.0), 0.2: (0.5, 10.68), 0.3: (0.25, 1.0)}
+    seen = []
+
+    def fake_fit(model, train_loader, *, val_loader=None, lr=0.1, progress=True, **kw):
+        from fastdata.train.loop import TrainResult
+
+        seen.append(progress)
+        acc, loss = outcomes[lr]
+        return TrainResult(history=[{"val_accuracy": acc, "val_loss": loss, "train_loss": 1.0,
+                                     "seconds": 1.0, "samples": 1, "data_wait_share": 0.0}])  # fmt: skip
+
+    monkeypatch.setattr(grid_module, "fit", fake_fit)
+    rows = grid_search({"lr": [0.1, 0.2, 0.3]}, lambda: ([], None), lambda: nn.Linear(1, 1))
+    assert [r["lr"] for r in rows] == [0.2, 0.1, 0.3]
+    assert seen == ["[1/3] lr=0.1", "[2/3] lr=0.2", "[3/3] lr=0.3"]

@@ -25,7 +25,7 @@ N = 6
 
 
 def good_shard(path) -> bytes:
-    with ShardWriter(str(path).replace("000000", "%06d"), maxcount=100) as sink:
+    with ShardWriter(str(path).replace("000000", "%06d"), maxcount=100, index=False) as sink:
         for i in range(N):
             sink.write({"__key__": f"k{i}", "cls": i, "txt": "x" * (100 + i)})
     return path.read_bytes()

@@ -118,3 +118,24 @@ def test_cli(tmp_path, capsys):
     assert len(list((tmp_path / "train").rglob("*.jpg"))) == 2 * len(DEFAULT_CLASSES)
     assert len(list((tmp_path / "val").rglob("*.jpg"))) == len(DEFAULT_CLASSES)
     assert "images" in capsys.readouterr().out
+
+
+def test_readme_convert_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Convert commands, run in order (with fewer images per class), work."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from fastdata.cli import main
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Convert", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(re.sub(r"#.*", "", line)) for line in block.strip().splitlines()]
+    assert [c[:2] for c in commands] == [["fastdata", "sample-data"], ["fastdata", "convert"]]
+    monkeypatch.chdir(tmp_path)
+    small = ["--per-class", "2", "--no-progress"]
+    if "--val-per-class" in commands[0]:
+        small += ["--val-per-class", "1"]
+    assert main([*commands[0][1:], *small]) == 0
+    assert main([*commands[1][1:], "--no-progress", "-j", "0"]) == 0
+    assert (tmp_path / "shards" / "train.index.json").is_file()

@@ -253,3 +253,86 @@ def test_distributed_sampler_gets_the_epoch():
     result = fit(tiny_cnn(), loader, epochs=3, progress=False)
     assert sampler.epoch == 2
     assert [h["samples"] for h in result.history] == [16, 16, 16]
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(tmp_path):
+    """Resuming a 2-epoch run with epochs=4 trains epochs 3 and 4 at the learning rates an
+    uninterrupted 4-epoch run uses (as the README promises), not at the old schedule's end."""
+    data = DataLoader(separable(32, 6), batch_size=16)
+
+    def lrs(epochs, **kw):
+        torch.manual_seed(0)
+        result = fit(tiny_cnn(), data, epochs=epochs, lr=0.05, progress=False, **kw)
+        return [h["lr"] for h in result.history]
+
+    straight = lrs(4)
+    lrs(2, checkpoint_dir=tmp_path)
+    resumed = lrs(4, resume=tmp_path / "last.pt", checkpoint_dir=tmp_path)
+    # Reference: torch's own cosine schedule over 4 epochs (T_max=4, eta_min=0).
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    reference = []
+    for _ in range(4):
+        reference.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    np.testing.assert_allclose(straight, reference, atol=1e-12)
+    np.testing.assert_allclose(resumed[2:], reference[2:], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "extra, argument",
+    [(["--batch-size", "0"], "--batch-size"), (["--image-size", "0"], "--image-size"),
+     (["--workers", "-1"], "--workers"), (["--epochs", "-1"], "--epochs"),
+     (["--lr", "abc"], "--lr")],
+)  # fmt: skip
+def test_cli_refuses_bad_numbers_naming_the_argument(image_folder, tmp_path, capsys, extra, argument):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["train", str(image_folder), "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and argument in err and "Traceback" not in err
+
+
+def _cli_error(argv: list[str], capsys) -> str:
+    assert _cli(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdata train: error:"), captured.err
+    return lines[0]
+
+
+def test_cli_errors_are_one_line(image_folder, tmp_path, capsys):
+    common = ["--batch-size", "4", "--image-size", "32", "--workers", "0", "--no-progress",
+              "--steps-per-epoch", "1", "--epochs", "1"]  # fmt: skip
+    run = ["train", str(image_folder), *common, "--out", str(tmp_path / "run")]
+    assert "nosuchnet" in _cli_error([*run, "--model", "nosuchnet"], capsys)
+    assert "--resume" in _cli_error([*run, "--resume"], capsys)
+    assert "--checkpoint" in _cli_error([*run, "--checkpoint", str(tmp_path / "no.pt")], capsys)
+    assert "missing" in _cli_error(["train", str(tmp_path / "missing"), *common], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in _cli_error(["train", str(tmp_path / "empty"), *common], capsys)
+    assert "lr: 'abc' is not a number" in _cli_error([*run, "--grid", "lr=abc"], capsys)
+    # A checkpoint of another architecture, for fine-tuning and for resuming.
+    assert _cli([*run, "--model", "resnet18"]) == 0
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert "another architecture" in _cli_error(
+        ["train", str(image_folder), *common, "--out", str(tmp_path / "ft"),
+         "--model", "mobilenet_v3_small", "--checkpoint", ckpt], capsys)  # fmt: skip
+    resumed = [*run, "--epochs", "2", "--resume", "--model", "resnet34"]
+    assert "does not fit" in _cli_error(resumed, capsys)
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        _cli(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 64)" in out and "(default: resnet18)" in out
+
+
+def test_folder_and_shards_train_on_every_sample(image_folder):
+    """An epoch from a folder uses every training sample, as one from shards does (only a
+    last batch of a single sample is dropped, for BatchNorm)."""
+    train, _, _ = make_loaders(image_folder, batch_size=4, image_size=32, workers=0)
+    assert sum(len(labels) for _, labels in train) == len(train.dataset) == 27
+    train, _, _ = make_loaders(image_folder, batch_size=13, image_size=32, workers=0)
+    assert sum(len(labels) for _, labels in train) == 26  # 27 = 2 * 13 + 1

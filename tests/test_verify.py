@@ -85,3 +85,19 @@ def test_index_names_are_never_commands(tmp_path):
         assert done.returncode == 1 and "not a file name" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert not marker.exists()
+def test_dotted_keys_that_merge_into_one_sample_are_reported(tmp_path):
+    """webdataset's writer accepts keys 'img.v1' and 'img.v2'; its own reader then yields
+    one sample 'img' (the reference); verify must report the split, and leave alone
+    multi-part fields of one sample ('seg.png' beside 'jpg', 'left.jpg' beside 'cls')."""
+    wds = __import__("pytest").importorskip("webdataset")
+
+    with wds.TarWriter(str(tmp_path / "w.tar")) as sink:
+        for key in ("img.v1", "img.v2"):
+            sink.write({"__key__": key, "jpg": b"\xff\xd8 not decoded", "cls": b"1"})
+        sink.write({"__key__": "ok", "jpg": b"x", "seg.png": b"y", "cls": b"2"})
+        sink.write({"__key__": "pair", "left.jpg": b"x", "right.jpg": b"y", "cls": b"3"})
+    merged = list(wds.WebDataset(str(tmp_path / "w.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in merged] == ["img", "ok", "pair"]  # two keys read as one
+    problems, count = verify(str(tmp_path / "w.tar"))
+    assert count == 3 and len(problems) == 1
+    assert problems[0].key == "img" and "'img.v1', 'img.v2'" in problems[0].message

@@ -134,3 +134,61 @@ def test_plot_throughput(tmp_path):
     ]
     _open_png(viz.plot_throughput(results, tmp_path / "p.png", baseline="torch"), 600, 300)
     _open_png(viz.plot_throughput(results[:2], tmp_path / "p1.png"), 600, 150)
+
+
+def _drawn_texts(monkeypatch, draw) -> tuple[list, object]:
+    """Runs ``draw`` and returns the window extents of its figure's texts and the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = []
+    real_save = viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path, **kw: figures.append(fig) or real_save(fig, path, **kw))
+    draw()
+    fig = figures[-1]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text()], fig
+
+
+def test_contact_sheet_texts_fit_their_cells(tmp_path, monkeypatch):
+    """Long keys, long class names and a long title stay inside the sheet and never overlap."""
+    images = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(6)]
+    keys = [f"n0{i}_motorcycle_parts/photo_{i:016d}" for i in range(6)]  # ~40 characters
+    names = ["Mmmmmmmmmmmmmmm very wide class name motorcycle"] * 6
+    title = "What the model sees: RandomResizedCrop(64) + flip, after the fastdata transforms"
+    texts, fig = _drawn_texts(monkeypatch, lambda: viz.contact_sheet(
+        images, keys, list(range(6)), tmp_path / "s.png", ncols=3, class_names=names,
+        title=title))  # fmt: skip
+    width, height = fig.bbox.width, fig.bbox.height
+    for text, box in texts:
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, text
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1 :]:
+            assert not box_a.overlaps(box_b), (a, b)
+    title_text = next(t for t, _ in texts if t.startswith("What"))
+    assert title_text.replace("\n", " ") == title  # wrapped, not clipped
+    assert any(t.endswith(keys[0][-6:]) and t.startswith("…") for t, _ in texts)  # key keeps its end
+    _open_png(tmp_path / "s.png", min_w=150)
+
+
+def test_training_legends_cover_no_point(tmp_path, monkeypatch):
+    """No legend hides a data point (the last epoch's points sat under the legend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    history = [
+        {"epoch": e, "train_loss": 2.0 - 0.3 * e, "train_accuracy": 0.2 * e, "val_loss": 2.1 - 0.3 * e,
+         "val_accuracy": 0.19 * e, "val_macro_f1": 0.18 * e, "samples_per_sec": 90.0 + e,
+         "data_wait_share": 0.1}
+        for e in (1, 2, 3, 4, 5)
+    ]  # fmt: skip
+    _, fig = _drawn_texts(monkeypatch, lambda: viz.plot_training(history, tmp_path / "t.png"))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    for ax, legend in legends:
+        box = legend.get_window_extent(renderer)
+        for line in ax.get_lines():
+            points = ax.transData.transform(np.column_stack(line.get_data()))
+            inside = [box.contains(x, y) for x, y in points]
+            assert not any(inside), (line.get_label(), points[inside])
+    _open_png(tmp_path / "t.png", 1000, 300)

@@ -110,3 +110,24 @@ def test_temporary_files_never_follow_links(tmp_path):
                      "--no-progress"]) == 0  # fmt: skip
     assert victim.read_text() == "keep me"
     assert not [p.name for p in out.iterdir() if p.is_symlink()] and not os.listdir(victim_dir)
+def test_writer_writes_the_index_that_readers_and_verify_use(tmp_path):
+    """ShardWriter leaves an index beside the shards (as ``fastdata convert`` does): counts,
+    sizes and SHA-256 of the files on disk, the sample count and the class counts."""
+    import hashlib
+
+    from fastdata.shards.index import read_index
+    from fastdata.shards.verify import verify
+
+    with ShardWriter(str(tmp_path / "train-%06d.tar"), maxcount=4) as sink:
+        for i in range(10):
+            sink.write({"__key__": f"k{i:02d}", "txt": f"sample {i}", "cls": i % 3})
+    index = read_index(str(tmp_path / "train.index.json"))
+    assert index["num_samples"] == 10 and index["stats"]["class_counts"] == {"0": 4, "1": 3, "2": 3}
+    for shard in index["shards"]:
+        data = (tmp_path / shard["name"]).read_bytes()
+        assert shard["bytes"] == len(data) and shard["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [s["count"] for s in index["shards"]] == [4, 4, 2]
+    assert verify(str(tmp_path / "train.index.json")) == ([], 10)
+    with ShardWriter(str(tmp_path / "other-%06d.tar"), index=False) as sink:
+        sink.write({"__key__": "a", "txt": "x"})
+    assert not (tmp_path / "other.index.json").exists()

@@ -119,6 +119,7 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
 
             parts = engine.run(tasks, settings, on_done)
     merged = merge_parts(parts)
+    _flag_label_conflicts(merged.duplicates, source)
     report = ConvertReport(settings.index_path, merged.shards, sum(s["count"] for s in merged.shards),
                            merged.skipped, merged.duplicates, time.perf_counter() - start, resumed)
     write_index(settings.index_path, _index_body(source, pattern, options, settings.fingerprint, merged, report))
@@ -315,5 +316,22 @@ def format_report(report: ConvertReport) -> str:
         lines += [f"  {s['source']}: {s['reason']}" for s in report.skipped[:20]]
     if report.duplicates:
         lines.append(f"left out {plural(len(report.duplicates), 'duplicate')}:")
-        lines += [f"  {d['source']} = {d['duplicate_of']}" for d in report.duplicates[:20]]
+        lines += [_duplicate_line(d) for d in sorted(report.duplicates, key=lambda d: "label_conflict" not in d)[:20]]
     return "\n".join(lines)
+
+
+def _flag_label_conflicts(duplicates: list[dict], source) -> None:
+    """Marks duplicates whose label differs from the copy kept: the same content filed
+    under two classes is a labelling error the user should see, not a silent drop."""
+    labels = {item.key: item.label for item in source.items}
+    for duplicate in duplicates:
+        mine, kept = labels.get(duplicate["key"]), labels.get(duplicate["duplicate_of"])
+        if mine != kept:
+            duplicate["label_conflict"] = f"label {mine!r} here, {kept!r} kept"
+
+
+def _duplicate_line(duplicate: dict) -> str:
+    """A duplicate of the report; label conflicts (listed first) say which labels differ."""
+    conflict = duplicate.get("label_conflict")
+    line = f"  {duplicate['source']} = {duplicate['duplicate_of']}"
+    return line + (f" (LABEL CONFLICT: {conflict})" if conflict else "")

@@ -72,7 +72,8 @@ class ShardBuilder:
         self.settings = settings
         # Each attempt writes its own temporary file: a retried task may race a lost first attempt.
         self.writer = ShardWriter(settings.pattern, maxcount=max(1, len(task)), maxsize=math.inf,
-                                  start_shard=task.number, tmp_suffix=f".tmp-{uuid.uuid4().hex[:12]}")
+                                  start_shard=task.number, tmp_suffix=f".tmp-{uuid.uuid4().hex[:12]}",
+                                  index=False)  # the merge writes the conversion's index
         self.stats = StatsAccumulator()
         self.skipped: list[dict[str, Any]] = []
         self.duplicates: list[dict[str, Any]] = []

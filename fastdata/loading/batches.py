@@ -225,7 +225,7 @@ class BatchStream:
             for s in maps:
                 self.cache.release(s)
 
-    def _fill(self, lo: int, shard, member, maps: dict, out: Any) -> tuple[Any, list]:
+    def _fill(self, lo: int, shard, member, maps: dict, out: Any, refill: bool = True) -> tuple[Any, list]:
         errors: dict[int, Exception] = {}
         for s, smap in maps.items():
             rows = np.flatnonzero(shard == s)
@@ -239,12 +239,52 @@ class BatchStream:
             self._field(ext, kind, shard, member, maps, errors)
             for ext, kind in self.ds.fields.items()
         ]
+        if errors and len(errors) == len(shard) and refill and self.ds.on_error != "raise":
+            return self._fill_from_donors(lo, shard, member, maps, out, errors)
         if errors:
             self._replace(errors, shard, member, maps, out, extras)
         kinds = list(self.ds.fields.items())
         extras = [v if isinstance(v, torch.Tensor) else collate_field(kind, ext, v, self.ds.pad_value)
                   for v, (ext, kind) in zip(extras, kinds, strict=True)]  # fmt: skip
         return (out if self.direct else None), extras
+
+    def _fill_from_donors(self, lo: int, shard, member, maps: dict, out: Any, errors: dict) -> tuple[Any, list]:
+        """Fills a batch none of whose samples can be read with good samples from elsewhere
+        in the epoch.
+
+        NOTE [ A batch with no good sample ]
+        Skipping replaces a bad sample by a good one of the same batch. Without shuffling,
+        the samples a truncated shard lost (its index still counts them) fill whole batches,
+        which have no good sample to copy. Such a batch takes the next readable samples of
+        the rank's epoch in schedule order (wrapping around): the choice depends only on
+        the schedule, so it is the same on every run and on resumption. Every lost sample
+        is counted as skipped. Only when no sample of the whole epoch can be read does the
+        batch fail, with an error naming the shards.
+        """
+        for r in sorted(errors):
+            self._skipped(errors[r], maps.get(int(shard[r])), int(member[r]))
+        n, hi, total = len(shard), lo + len(shard), len(self.s.shard)
+        donors: dict[int, ShardMap] = {}
+        picks: list[tuple[int, int]] = []
+        for j in [*range(hi, total), *range(0, lo)]:
+            s, m = int(self.s.shard[j]), int(self.s.member[j])
+            if s not in donors:
+                donors[s] = load_shard(self.ds.urls[s])
+            if m < donors[s].n:
+                picks.append((s, m))
+                if len(picks) == n:
+                    break
+        if not picks:
+            urls = sorted({self.ds.urls[int(s)] for s in np.unique(shard)})
+            raise ShardError(
+                ", ".join(urls), f"no sample of this epoch can be read to fill a batch of {n}"
+                " (on_error skips bad samples but needs good ones); check the shards with"
+                " `fastdata verify`",
+            ) from errors[min(errors)]
+        picks = [picks[i % len(picks)] for i in range(n)]
+        d_shard = np.array([p[0] for p in picks], np.int64)
+        d_member = np.array([p[1] for p in picks], np.int64)
+        return self._fill(lo, d_shard, d_member, donors, out, refill=False)
 
     def _images(self, lo: int, shard, member, maps: dict, out, errors: dict) -> None:
         target = out.permute(0, 2, 3, 1) if (self.direct and not self.nchw) else out
@@ -397,7 +437,9 @@ class BatchStream:
         n = len(shard)
         good = [r for r in range(n) if r not in errors]
         if not good:
-            raise DecodeError(None, None, None, "every sample of a batch failed") from first
+            urls = sorted({maps[int(s)].url for s in np.unique(shard) if int(s) in maps})
+            raise DecodeError(", ".join(urls) or None, None, None,
+                              f"every sample of a batch failed; first: {first}") from first  # fmt: skip
         for r in sorted(errors):
             donor = next((g for g in good if g > r), good[0])
             if out is not None:

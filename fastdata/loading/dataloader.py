@@ -164,6 +164,13 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._iterator = iterator
         return iterator
 
+    def __len__(self) -> int:
+        """Batches per epoch; for a dataset with its own batch path (``ShardDataset``), the
+        batches its next epoch yields on this rank."""
+        if getattr(self.dataset, "__fastdata_iter__", None) is not None and hasattr(self.dataset, "num_batches"):
+            return self.dataset.num_batches(self.batch_size, self.num_workers)
+        return super().__len__()
+
     def state_dict(self) -> dict:
         """The dataset's iteration state (for datasets that have one, such as ShardDataset).
 

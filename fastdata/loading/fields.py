@@ -14,6 +14,11 @@ kind       decoded from                             collated into
 ``bytes``  anything                                 list of ``bytes``
 ========== ======================================== =====================================
 
+Single samples (``ShardDataset.__iter__``, which torch's DataLoader reads) carry ``array``
+fields as writable tensors and ``tokens`` fields as ``TokenIds`` (a 1-D int64 tensor)
+that torch's ``default_collate`` pads into the same ``Padded`` batch (NOTE [ Tokens under
+torch's collate ]).
+
 ``"__key__"`` and ``"__url__"`` deliver the sample's key and shard as text. The kind
 defaults from the extension's last part (``cls`` → int, ``npy`` → array,
 ``json`` → json, ``txt``/``text`` → text, otherwise bytes). Variable-length sequences
@@ -30,10 +35,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from fastdata.errors import DecodeError
 
-__all__ = ["IMAGE_FIELDS", "KINDS", "Padded", "collate_field", "decode_field", "decode_npy", "field_kinds"]
+__all__ = ["IMAGE_FIELDS", "KINDS", "Padded", "TokenIds", "collate_field", "decode_field", "decode_npy",
+           "field_kinds", "sample_field"]
 
 # Extensions that hold an image: encoded files, or uint8 pixels stored as .npy.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "npy")
@@ -158,3 +165,39 @@ def _pad(values: list[np.ndarray], pad_value: int) -> Padded:
         out[i, : len(v)] = v
         mask[i, : len(v)] = True
     return Padded(torch.from_numpy(out), torch.from_numpy(mask))
+
+
+class TokenIds(torch.Tensor):
+    """One sample's token ids: a 1-D int64 tensor that torch's ``default_collate`` pads.
+
+    NOTE [ Tokens under torch's collate ]
+    torch's DataLoader collates single samples with ``default_collate``, which stacks
+    tensors and so fails on sequences of different lengths. torch lets a type bring its own
+    collate function through ``default_collate_fn_map`` (the documented extension point of
+    ``torch.utils.data.default_collate``); this module registers one for ``TokenIds`` only,
+    which pads the batch to its longest sequence exactly as ``collate_field`` does on the
+    batch path, so both loaders give the same ``Padded(values, mask)``. The pad value
+    travels with each sample (``pad_value`` attribute).
+    """
+
+    pad_value: int = 0
+
+
+def _collate_token_ids(batch: list, *, collate_fn_map=None) -> Padded:
+    return _pad([t.numpy() for t in batch], int(getattr(batch[0], "pad_value", 0)))
+
+
+default_collate_fn_map[TokenIds] = _collate_token_ids
+
+
+def sample_field(kind: str, value: Any, pad_value: int = 0) -> Any:
+    """One sample's decoded field as single samples deliver it: arrays become writable
+    tensors (the decoded array is a read-only view of the shard's bytes), token sequences
+    ``TokenIds``; other kinds are returned unchanged."""
+    if kind == "array":
+        return torch.from_numpy(np.array(value))
+    if kind == "tokens":
+        ids = torch.from_numpy(np.asarray(value, dtype=np.int64).copy()).as_subclass(TokenIds)
+        ids.pad_value = int(pad_value)
+        return ids
+    return value

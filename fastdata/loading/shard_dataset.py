@@ -67,8 +67,9 @@ from fastdata.loading.fields import (
     decode_field,
     decode_npy,
     field_kinds,
+    sample_field,
 )
-from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order
+from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order, slot_count
 from fastdata.loading.schedule import epoch_schedule
 from fastdata.loading.stream import Failed, Producer, SlotStream, StreamSpec, fresh_slot, merge
 from fastdata.loading.streamplan import StreamPlan, compile_plan
@@ -188,8 +189,40 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 "equal batches on every rank need each shard's sample count: write the shards "
                 "with `fastdata convert` (which writes an index) and pass index=<its URL>"
             )
-        warnings.warn("no index beside the shards: counting their samples (run `fastdata convert` to write one)", stacklevel=3)
+        warnings.warn("no index beside the shards: counting their samples (fastdata.ShardWriter and `fastdata convert` write one)", stacklevel=3)
         return [sum(1 for _ in iter_samples([u], fields=set())) for u in self.urls]
+
+    def __len__(self) -> int:
+        """Samples of this rank's next epoch (torch's ``IterableDataset`` convention).
+
+        Raises:
+            TypeError: the sample counts are unknown (remote shards without an index); as
+                for any ``IterableDataset`` without a length, ``len()`` is then undefined.
+        """
+        counts = self._known_counts()
+        rank, world = self.world()
+        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
+        return slot_count(assign(order, rank=rank, world_size=world, worker=0, num_workers=1), counts)
+
+    def num_batches(self, batch_size: int, num_workers: int = 2) -> int:
+        """Batches ``iter_batches(batch_size, num_workers=...)`` yields on this rank next epoch
+        (the same on every rank: NOTE [ Equal batches per rank ]).
+
+        Raises:
+            TypeError: the sample counts are unknown (remote shards without an index).
+        """
+        counts = self._known_counts()
+        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
+        return min(rank_batches(counts, order, world_size=self.world()[1], num_workers=max(1, int(num_workers)),
+                                batch_size=int(batch_size), drop_last=self.drop_last))  # fmt: skip
+
+    def _known_counts(self) -> list[int]:
+        if not self._batch_path():
+            raise TypeError(
+                "len() of a ShardDataset needs each shard's sample count: these shards are remote "
+                "and have no index; pass index=<URL of the index> (`fastdata convert` writes one)"
+            )
+        return self.counts()  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
@@ -436,11 +469,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self.world()
         epoch = self._epoch
         order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        spec = self._spec(self.counts(), self.stats)
+        # Counts that a scan of index-less shards found short (a broken shard) would end the
+        # stream at the break without reporting it: read such shards to their error instead.
+        counts = self.counts() if world > 1 or not self._scan_errors else None
+        spec = self._spec(counts, self.stats)
         a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
         slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
         rngs = SampleRng(self.seed, epoch, rank, worker)
         plan = StreamPlan(self.plan, self._image_shape()) if self.plan is not None else None
+        kinds = list(self.fields.values())
         for i, sample in enumerate(slot.shuffled()):
             src, extra, url, key, field = self._prepare(sample)
             if isinstance(src, Failed):
@@ -448,6 +485,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     raise src.error
                 self.stats.skipped += 1
                 continue
+            extra = tuple(sample_field(kind, v, self.pad_value) for kind, v in zip(kinds, extra, strict=True))
             if plan is None:
                 yield extra
                 continue
@@ -513,7 +551,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 raise bad[0].error
             good = [r.extra for r in refs if not isinstance(r.source, Failed)]
             if not good:
-                raise DecodeError(None, None, None, "every sample of a batch failed") from bad[0].error
+                first = bad[0].error
+                raise DecodeError(getattr(first, "url", None), None, None,
+                                  f"every sample of a batch failed; the first: {first}") from first  # fmt: skip
             for failed in bad:
                 stats.skipped += 1
                 if self.on_error == "warn":

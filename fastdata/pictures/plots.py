@@ -107,6 +107,7 @@ def contact_sheet(
     class_names: Sequence[str] | None = None,
     title: str | None = None,
     max_side: int | None = 224,
+    min_text: int = 120,
 ) -> str:
     """Draws images in a grid, each with its key and label underneath.
 
@@ -123,6 +124,7 @@ def contact_sheet(
         class_names: names of integer labels.
         title: title above the grid.
         max_side: longest side of a drawn image; None keeps every image's size.
+        min_text: least width in pixels for a key or label (cells of smaller images widen).
     """
     arrays = [_shrink(to_uint8_hwc(im, mean, std), max_side) for im in images]
     if not arrays or len(keys) != len(arrays) or len(labels) != len(arrays):
@@ -130,12 +132,25 @@ def contact_sheet(
                          f" {len(keys)}, {len(labels)}")  # fmt: skip
     ncols = max(1, min(ncols, len(arrays)))
     nrows = math.ceil(len(arrays) / ncols)
-    pad, text_h, title_h = 8, 34, 40 if title else 0
-    cell_w = max(a.shape[1] for a in arrays) + pad
+    pad, text_h = 8, 34
+    cell_w = max(max(a.shape[1] for a in arrays), min_text) + pad  # small images: room for names
     cell_h = max(a.shape[0] for a in arrays) + text_h + pad
-    width, height = ncols * cell_w + pad, nrows * cell_h + title_h + pad
+    width = ncols * cell_w + pad
+    measure = _TextMeasure()
+    # NOTE [ Text that fits ]: texts are measured with the renderer that draws them; a
+    # title wider than the sheet wraps onto more lines, a key or label wider than its cell
+    # is clipped with an ellipsis (keys keep their end, where they differ; labels their start).
+    title_font: dict = {"weight": "bold"}
+    title_lines: list[str] = []
+    for size in (14, 12, 10, 8):  # the largest size at which no word must be clipped
+        title_font["fontsize"] = size
+        title_lines = measure.wrap(title, width - 2 * pad, **title_font) if title else []
+        if not any("…" in line for line in title_lines):
+            break
+    title_h = 14 + round(1.6 * title_font["fontsize"]) * len(title_lines) if title_lines else 0
+    height = nrows * cell_h + title_h + pad
     fig = Figure(figsize=(width / 100, height / 100), dpi=100, facecolor="white")
-    chars = max(4, int(cell_w / 6.5))
+    room = cell_w - pad - 2
     for i, array in enumerate(arrays):
         row, col = divmod(i, ncols)
         x0 = pad + col * cell_w
@@ -146,17 +161,53 @@ def contact_sheet(
         label = int(label) if hasattr(label, "__int__") and not isinstance(label, str) else label
         if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
             label = f"{label}: {class_names[label]}"
-        for line, (text, weight) in enumerate(((keys[i], "normal"), (str(label), "bold"))):
-            fig.text(x0 / width, 1 - (top + h + 3 + 14 * line) / height, _clip(text, chars),
-                     fontsize=9, va="top", ha="left", weight=weight, family="DejaVu Sans")  # fmt: skip
-    if title:
-        fig.text(0.5, 1 - 10 / height, title, fontsize=14, weight="bold", ha="center", va="top")
+        lines = ((keys[i], "normal", True), (str(label), "bold", False))
+        for line, (text, weight, keep_end) in enumerate(lines):
+            font = {"fontsize": 9, "weight": weight, "family": "DejaVu Sans"}
+            fig.text(x0 / width, 1 - (top + h + 3 + 14 * line) / height,
+                     measure.clip(str(text), room, keep_end=keep_end, **font),
+                     va="top", ha="left", **font)  # fmt: skip
+    if title_lines:
+        fig.text(0.5, 1 - 10 / height, "\n".join(title_lines), ha="center", va="top",
+                 linespacing=1.25, **title_font)  # fmt: skip
     return _save(fig, path)
 
 
-def _clip(text: str, chars: int) -> str:
-    text = str(text)
-    return text if len(text) <= chars else "…" + text[-(chars - 1) :]
+class _TextMeasure:
+    """Measures text in pixels at 100 dpi with the Agg renderer (see NOTE [ Text that fits ])."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        self.renderer = RendererAgg(10, 10, 100)
+
+    def width(self, text: str, fontsize: float, weight: str = "normal",
+              family: str | None = None) -> float:  # fmt: skip
+        from matplotlib.font_manager import FontProperties
+
+        font = FontProperties(size=fontsize, weight=weight, family=family)
+        return self.renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+
+    def clip(self, text: str, room: float, *, keep_end: bool, **font) -> str:
+        """``text``, or as much of it as fits in ``room`` pixels with an ellipsis."""
+        if self.width(text, **font) <= room:
+            return text
+        for n in range(len(text) - 1, 0, -1):
+            short = "…" + text[-n:] if keep_end else text[:n] + "…"
+            if self.width(short, **font) <= room:
+                return short
+        return "…"
+
+    def wrap(self, text: str, room: float, **font) -> list[str]:
+        """Greedy word wrap of ``text`` into lines of at most ``room`` pixels (a single
+        word wider than that is clipped)."""
+        lines: list[str] = []
+        for word in text.split():
+            if lines and self.width(lines[-1] + " " + word, **font) <= room:
+                lines[-1] += " " + word
+            else:
+                lines.append(word)
+        return [self.clip(line, room, keep_end=False, **font) for line in lines]
 
 
 @_styled
@@ -267,10 +318,11 @@ def plot_training(
     speed_ax.set(title="Throughput (label: share of time waiting for data)", xlabel="epoch",
                  ylabel="training samples / second")  # fmt: skip
     speed_ax.title.set_fontsize(11)
+    speed_ax.set_ylim(0, max([h["samples_per_sec"] for h in history] + [1e-9]) * 1.12)  # room for the labels
     for ax in (loss_ax, acc_ax, speed_ax):
         ax.set_xticks(epochs)
-    loss_ax.legend(fontsize=9)
-    acc_ax.legend(fontsize=9, loc="lower right")
+    for ax in (loss_ax, acc_ax):  # below the axes, never over a point
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle("Training", fontsize=15, weight="bold")
     return _save(fig, path)
 

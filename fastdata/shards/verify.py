@@ -73,6 +73,7 @@ def scan_shard(url: str) -> ShardScan:
             stream = _HashingReader(raw)
             for name, _ in iter_members(stream, url):
                 _check_member(url, name, samples, order, problems)
+            problems += _split_keys(url, samples)
             stream.drain()
     except ShardError as exc:
         problems.append(Problem(url, exc.message))
@@ -102,6 +103,27 @@ def _check_member(url: str, name: str, samples: dict, order: list, problems: lis
         samples[key] = set()
         order.append(key)
     samples[key].add(ext)
+
+
+def _split_keys(url: str, samples: dict[str, set[str]]) -> list[Problem]:
+    """Samples that are several keys with a dot merged into one: ``img.v1.jpg``,
+    ``img.v1.cls``, ``img.v2.jpg``, ``img.v2.cls`` read as key ``img`` with extensions
+    ``v1.jpg``... The sign: every extension has two parts, and two or more first parts
+    carry the same set of last parts (fields of one sample, such as ``seg.png`` beside
+    ``jpg``, leave a one-part extension)."""
+    problems = []
+    for key, exts in samples.items():
+        if not exts or any("." not in e for e in exts):
+            continue
+        groups: dict[str, set[str]] = {}
+        for ext in exts:
+            head, rest = ext.split(".", 1)
+            groups.setdefault(head, set()).add(rest)
+        if len(groups) > 1 and len({frozenset(v) for v in groups.values()}) == 1:
+            names = ", ".join(repr(f"{key}.{h}") for h in sorted(groups))
+            problems.append(Problem(url, f"dotted names split keys {names} read as one sample {key!r};"
+                                    " the key ends at the first dot: replace the dots", key))  # fmt: skip
+    return problems
 
 
 def verify(shards: str | list[str]) -> tuple[list[Problem], int]:

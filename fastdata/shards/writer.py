@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fastdata.shards.files import create_new
+from fastdata.shards.index import index_path_for_shard, write_index
 
 
 @dataclass
@@ -184,12 +185,16 @@ class ShardWriter:
         maxsize: most bytes per shard (a shard is closed once it reaches this size).
         start_shard: number of the first shard.
         on_shard: called with the ``ShardInfo`` of each shard when it is complete.
+        index: on ``close``, write the index beside the shards (``out/train.index.json``
+            for ``out/train-%06d.tar``; the format ``fastdata convert`` writes: per shard
+            name, count, bytes and SHA-256, plus the sample count and the class counts of
+            integer ``cls`` fields), so that readers know the lengths without counting.
         tmp_suffix: appended to a shard's name while it is written (see ``TarShard``).
 
     Example:
         >>> with ShardWriter("out/train-%06d.tar", maxcount=1000) as sink:
         ...     sink.write({"__key__": "cat/0001", "jpg": jpeg_bytes, "cls": 3})
-        >>> sink.shards  # ShardInfo for every complete shard
+        >>> sink.shards  # ShardInfo for every complete shard (out/train.index.json lists them)
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class ShardWriter:
         start_shard: int = 0,
         on_shard: Callable[[ShardInfo], None] | None = None,
         tmp_suffix: str = ".tmp",
+        index: bool = True,
     ) -> None:
         check_pattern(pattern)
         if maxcount < 1 or maxsize < 1:
@@ -209,6 +215,8 @@ class ShardWriter:
         self.maxsize = maxsize
         self.next_shard = start_shard
         self.on_shard = on_shard
+        self.index_path = index_path_for_shard(pattern % start_shard) if index else None
+        self.class_counts: dict[str, int] = {}
         self.tmp_suffix = tmp_suffix
         self.shards: list[ShardInfo] = []
         self._current: TarShard | None = None
@@ -229,6 +237,9 @@ class ShardWriter:
                 raise ValueError(f"sample {key!r}: bad field name {ext!r}")
             shard.add_file(f"{key}.{ext}", data)
         shard.count += 1
+        label = sample.get("cls")
+        if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+            self.class_counts[str(int(label))] = self.class_counts.get(str(int(label)), 0) + 1
         if shard.count >= self.maxcount or shard.size >= self.maxsize:
             self._finish_current()
 
@@ -251,7 +262,8 @@ class ShardWriter:
             self.on_shard(info)
 
     def close(self, empty_shard: bool = False) -> list[ShardInfo]:
-        """Completes the last shard; returns the infos of every shard written.
+        """Completes the last shard and writes the index (unless ``index=False``); returns
+        the infos of every shard written.
 
         Args:
             empty_shard: when no sample was written at all, write one empty shard (a valid
@@ -260,6 +272,13 @@ class ShardWriter:
         if empty_shard and not self.shards:
             self._shard_for_next()
         self._finish_current()
+        if self.index_path is not None and self.shards:
+            stats = {"class_counts": dict(sorted(self.class_counts.items(), key=lambda kv: int(kv[0])))}
+            write_index(self.index_path, {
+                "num_samples": sum(s.count for s in self.shards),
+                "shards": [s.to_dict() for s in self.shards],
+                "stats": stats if self.class_counts else {},
+            })  # fmt: skip
         return self.shards
 
     def abort(self) -> None:

@@ -122,17 +122,24 @@ def run_once(candidate: Candidate) -> tuple[int, float]:
 
 
 def measure(candidates: list[Candidate], *, repeats: int = 5, workload: str = "",
-            baseline: str | None = None, log: Callable[[str], None] | None = None) -> list[Result]:
-    """Warms up, then times ``repeats`` alternating repetitions of every candidate."""
+            baseline: str | None = None, log: Callable[[str], None] | None = None,
+            progress: bool = False) -> list[Result]:
+    """Warms up, then times ``repeats`` alternating repetitions of every candidate
+    (``progress``: a bar on stderr naming the workload and the candidate running)."""
+    from tqdm.auto import tqdm
+
     baseline = baseline or candidates[0].name
+    bar = tqdm(total=(repeats + 1) * len(candidates), desc=workload or "bench", unit="run", disable=not progress)
     runs: dict[str, list[float]] = {c.name: [] for c in candidates}
     memory: dict[str, int] = dict.fromkeys(runs, 0)
     cpu: dict[str, list[float]] = {c.name: [] for c in candidates}
     for rep in range(repeats + 1):
         for candidate in candidates:
+            bar.set_postfix_str(f"{'warm-up' if rep == 0 else f'repeat {rep}'}: {candidate.name}")
             cpu_before = _tree_cpu_seconds()
             with _MemorySampler() as sampler:
                 samples, seconds = run_once(candidate)
+            bar.update(1)
             if rep == 0:
                 continue  # warm-up
             runs[candidate.name].append(samples / seconds)
@@ -140,6 +147,7 @@ def measure(candidates: list[Candidate], *, repeats: int = 5, workload: str = ""
             memory[candidate.name] = max(memory[candidate.name], sampler.peak)
             if log is not None:
                 log(f"{workload} {candidate.name}: {samples / seconds:,.0f} samples/s")
+    bar.close()
     base = statistics.median(runs[baseline])
     return [
         Result(name, workload, statistics.median(values), min(values), max(values),

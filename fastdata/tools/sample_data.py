@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from fastdata.errors import SourceError
 
@@ -123,6 +124,7 @@ def make_image_folder(
     classes: Sequence[str] = DEFAULT_CLASSES,
     stream: int = 0,
     workers: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Writes an ImageFolder dataset of random views of bundled photographs.
 
@@ -135,6 +137,7 @@ def make_image_folder(
         classes: names of photographs from ``PHOTOGRAPHS``; one class each, in this order.
         stream: random stream id, so that two splits built with the same seed differ.
         workers: threads encoding the files (default: the number of CPUs, at most 8).
+        progress: show a progress bar (on stderr).
 
     Returns:
         A description: ``root``, ``classes``, ``counts`` (class -> files), ``num_samples``,
@@ -162,8 +165,10 @@ def make_image_folder(
         view.save(root / name / f"{name}_{index:05d}.jpg", quality=quality)
 
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(write, jobs))  # list() re-raises the first error
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(jobs), desc=f"sample-data {root}", unit="img", disable=not progress) as bar:
+        for _ in pool.map(write, jobs):  # re-raises the first error
+            bar.update(1)
     return {
         "root": str(root),
         "classes": list(classes),
@@ -215,6 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -222,11 +228,13 @@ def run(args: argparse.Namespace) -> int:
     """Runs ``fastdata sample-data``; returns the exit code."""
     if args.val_per_class > 0:
         sizes = {"train": args.per_class, "val": args.val_per_class}
-        infos = make_splits(args.out, sizes, seed=args.seed, quality=args.quality)
+        infos = make_splits(args.out, sizes, seed=args.seed, quality=args.quality,
+                            progress=not args.no_progress)  # fmt: skip
     else:
         infos = {
             ".": make_image_folder(
-                args.out, n_per_class=args.per_class, seed=args.seed, quality=args.quality
+                args.out, n_per_class=args.per_class, seed=args.seed, quality=args.quality,
+                progress=not args.no_progress,
             )
         }
     for info in infos.values():

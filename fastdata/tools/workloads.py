@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,16 @@ def make_array_files(root: Path, count: int, side: int = 64, seed: int = 0) -> N
     np.savez(root / "arrays.npz", images=images, labels=labels)
 
 
-def prepare_data(root: str, workload: str, count: int) -> dict[str, str]:
-    """Makes (or reuses) a workload's files and shards under ``root``; returns their paths."""
+def prepare_data(root: str, workload: str, count: int, progress: bool = False) -> dict[str, str]:
+    """Makes (or reuses) a workload's files and shards under ``root``; returns their paths
+    (``progress``: bars while the files are made and converted)."""
     base = Path(root) / f"{workload}-{count}"
     src = base / "src"
     if not (base / "done").exists():
         if workload == "imagenet":
             from fastdata.tools.sample_data import make_image_folder
 
-            make_image_folder(src, n_per_class=max(1, count // 10), quality=90)
+            make_image_folder(src, n_per_class=max(1, count // 10), quality=90, progress=progress)
         elif workload == "cifar":
             make_small_folder(src, count)
         else:
@@ -73,7 +75,7 @@ def prepare_data(root: str, workload: str, count: int) -> dict[str, str]:
         source = str(src / "arrays.npz") if workload == "arrays" else str(src)
         options = ConvertOptions(maxcount=max(1, count // 16), workers=2, shuffle_seed=0, stats_samples=0,
                                  prepare=PrepareOptions(raw=workload == "cifar"))
-        convert(source, str(base / "shards" / "s-%06d.tar"), options)
+        convert(source, str(base / "shards" / "s-%06d.tar"), options, progress=progress)
         (base / "done").write_text("ok\n")
     return {"src": str(src), "index": str(base / "shards" / "s.index.json")}
 
@@ -174,7 +176,20 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "fastdata-bench-data"),
                    help="where generated data is kept between runs")
     p.add_argument("--out", default="bench-report", help="folder for bench.json, bench.md and bench.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def short_epoch_warning(count: int, batch_size: int, workers: int) -> str | None:
+    """A warning when an epoch is too short to measure: fewer than two full batches per
+    worker (each worker also makes its own partial last batch), so start-up and partial
+    batches dominate the time."""
+    need = 2 * batch_size * max(1, workers)
+    if count >= need:
+        return None
+    return (f"{count} samples make {count / batch_size:.2g} batches of {batch_size} per epoch over "
+            f"{max(1, workers)} worker(s), too few to measure a rate (start-up and partial batches "
+            f"dominate); use --images {need} or more, or a smaller --batch-size")  # fmt: skip
 
 
 def _int_list(text: str) -> list[int]:
@@ -193,14 +208,21 @@ def run(args) -> int:
     if unknown:
         raise SystemExit(f"fastdata bench: unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
     results = []
+    progress = not args.no_progress
     for workload in workloads:
         count = args.images or (2000 if workload == "imagenet" else 20000)
-        paths = prepare_data(args.data, workload, count)
+        if progress:
+            print(f"fastdata bench: {workload}: {count} samples in {args.data}", file=sys.stderr, flush=True)
+        paths = prepare_data(args.data, workload, count, progress=progress)
         for batch in args.batch_size:
             batch = batch or (256 if workload == "imagenet" else 512)
             for workers in args.workers:
+                warning = short_epoch_warning(count, batch, workers)
+                if warning:
+                    print(f"fastdata bench: warning: {workload}: {warning}", file=sys.stderr, flush=True)
                 label = f"{workload} (batch {batch}, {workers} workers, {count} samples)"
-                results += measure(candidates(workload, paths, batch, workers), repeats=args.repeats, workload=label)
+                results += measure(candidates(workload, paths, batch, workers), repeats=args.repeats, workload=label,
+                                   progress=progress)
     declared = conditions(page_cache="warm (one warm-up epoch per candidate)", output="float32 NCHW normalised",
                           device="cpu", repeats=args.repeats)
     paths = write_outputs(results, args.out, declared)

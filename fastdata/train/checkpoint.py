@@ -133,8 +133,16 @@ def load_checkpoint(
         raise SourceError(str(path), f"cannot read the checkpoint: {exc}") from exc
     if not isinstance(state, dict) or "optimizer" not in state:
         raise SourceError(str(path), "is not a training checkpoint; use build_model(checkpoint=)")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise SourceError(
+            str(path),
+            f"does not fit this {type(model).__name__} and its optimiser ({first}); resume with"
+            " the model and arguments of the run that wrote it",
+        ) from exc
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -55,6 +55,22 @@ def parse_grid(specs: Iterable[str]) -> dict[str, list]:
     return grid
 
 
+def _check_types(grid: dict[str, list], params: dict[str, inspect.Parameter]) -> None:
+    """Refuses values of the wrong kind for parameters whose default is a number or a string:
+    ``lr=abc`` would otherwise fail deep inside the optimiser with a bare ``TypeError``."""
+    for name, values in grid.items():
+        default = params[name].default if name in params else inspect.Parameter.empty
+        if isinstance(default, bool) or default is None or default is inspect.Parameter.empty:
+            continue
+        want = (int, float) if isinstance(default, float) else type(default)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, want):
+                kind = "a number" if want == (int, float) else f"a {type(default).__name__}"
+                raise FastdataError(
+                    f"grid item {name}: {value!r} is not {kind} (e.g. {name}={default!r})"
+                )
+
+
 def combinations(grid: dict[str, list]) -> list[dict]:
     """Lists every combination of the grid's values, the last key varying fastest."""
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
@@ -78,10 +94,11 @@ def grid_search(
         make_model: returns a fresh model; called after seeding, so every run starts from
             the same weights.
         metric: key of the epoch record to rank by (higher is better), such as
-            ``"val_accuracy"`` or ``"val_macro_f1"``.
+            ``"val_accuracy"`` or ``"val_macro_f1"``; ties go to the lower validation loss.
         seed: seed of every run.
         **fit_kwargs: fixed ``fit`` arguments (``epochs``, ``steps_per_epoch``, ``device``...);
-            grid values override them.
+            grid values override them. Each run's progress bar is labelled with its
+            combination (``[2/4] lr=0.1 batch_size=64``).
 
     Returns:
         One row per combination, best first: the parameters, then ``val_accuracy``,
@@ -96,17 +113,20 @@ def grid_search(
         raise FastdataError(
             f"grid parameters {unknown} are neither fit() arguments nor make_loaders() arguments"
         )
+    _check_types(grid, {**inspect.signature(fit).parameters, **loader_params})
     rows = []
-    for combo in combinations(grid):
+    combos = combinations(grid)
+    for index, combo in enumerate(combos, 1):
         for_fit = {k: v for k, v in combo.items() if k in fit_names}
         train_loader, val_loader = make_loaders(
             **{k: v for k, v in combo.items() if k not in fit_names}
         )
         seed_everything(seed)
         model = make_model()
-        result = fit(
-            model, train_loader, val_loader=val_loader, **{**fit_kwargs, "seed": seed, **for_fit}
-        )
+        label = f"[{index}/{len(combos)}] " + " ".join(f"{k}={v}" for k, v in combo.items())
+        show = fit_kwargs.get("progress", True) and label
+        result = fit(model, train_loader, val_loader=val_loader,
+                     **{**fit_kwargs, "seed": seed, **for_fit, "progress": show})  # fmt: skip
         last = result.history[-1]
         rows.append(
             {
@@ -121,11 +141,13 @@ def grid_search(
             }
         )
 
-    def score(row: dict) -> float:
+    def rank(row: dict) -> tuple[float, float]:
+        # Higher metric first; among equal metrics, the lower validation (else training) loss.
         value = row.get(metric)
-        return float("-inf") if value is None else value
+        loss = row.get("val_loss") if row.get("val_loss") is not None else row["train_loss"]
+        return (float("inf") if value is None else -value, loss)
 
-    return sorted(rows, key=score, reverse=True)
+    return sorted(rows, key=rank)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable
@@ -101,7 +102,7 @@ def fit(
     resume: str | os.PathLike | None = None,
     seed: int | None = None,
     log_every: int = 20,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> TrainResult:
     """Trains a classifier with cross-entropy; evaluates and checkpoints after each epoch.
 
@@ -124,12 +125,21 @@ def fit(
         resume: a checkpoint to continue from (see NOTE [ Exact resume ]).
         seed: seeds torch, NumPy and Python's generators at the start (not when resuming).
         log_every: steps between loss readings (each one synchronises with the device).
-        progress: show a progress bar.
+        progress: show a progress bar; a string is shown in front of the epoch (a label,
+            such as a grid-search combination).
+
+    Raises:
+        FastdataError: an argument is out of range.
     """
     if scheduler not in ("cosine", None) or log_every < 1:
         raise FastdataError(
             f"need scheduler 'cosine' or None and log_every >= 1; got {scheduler!r}, {log_every}"
         )
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise FastdataError(f"epochs must be an integer of at least 1, got {epochs!r}")
+    if steps_per_epoch is not None and steps_per_epoch < 1:
+        raise FastdataError(f"steps_per_epoch must be at least 1 or None, got {steps_per_epoch!r}")
+    label = f"{progress} " if isinstance(progress, str) else ""
     feed = Feed(device, amp=amp, channels_last=channels_last, normalize=normalize)
     device = feed.device
     fmt = torch.channels_last if feed.channels_last else torch.preserve_format
@@ -142,6 +152,8 @@ def fit(
         result.history, result.steps = load_checkpoint(
             resume, model, opt, sched, scaler, train_loader
         )
+        if sched is not None:
+            _restretch(sched)
     elif seed is not None:
         seed_everything(seed)
     step = result.steps[-1]["step"] if result.steps else 0
@@ -151,7 +163,7 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         total = _length(train_loader, steps_per_epoch)
-        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
+        bar = tqdm(total=total, desc=f"{label}epoch {epoch + 1}/{epochs}", disable=not progress)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         logged_loss, logged_samples, samples, wait, n = 0.0, 0, 0, 0.0, 0
         start = time.perf_counter()
@@ -240,6 +252,23 @@ def _cosine(opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler
     )
 
 
+def _restretch(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Sets the learning rate a resumed run starts with from this run's schedule.
+
+    NOTE [ Stretching the schedule on resume ]
+    The optimiser's saved state holds the learning rate the *old* schedule gave for the next
+    epoch (0 at its end), and ``LambdaLR`` only recomputes it at the next ``step()``: a run
+    resumed with a larger ``epochs`` would train its first new epoch at the old schedule's
+    rate. Recomputing it from the current schedule (a function of the epoch index only)
+    gives the rate an uninterrupted run with the larger ``epochs`` uses for that epoch.
+    """
+    epoch = sched.last_epoch
+    lrs = [base * fn(epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    sched._last_lr = lrs  # what get_last_lr() reports
+
+
 def _length(loader: Iterable, steps_per_epoch: int | None) -> int | None:
     try:
         n = len(loader)  # type: ignore[arg-type]
@@ -287,11 +316,14 @@ def make_loaders(
     Returns:
         ``(train_loader, val_loader, class_names)``.
     """
+    for name, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
+                             ("workers", workers, 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise FastdataError(f"{name} must be an integer of at least {low}, got {value!r}")
     if is_shards(train):
         return make_shard_loaders(train, val, batch_size=batch_size, image_size=image_size,
                                   workers=workers, seed=seed)  # fmt: skip
     from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets
     from torchvision import transforms as T
 
     root = Path(train)
@@ -303,26 +335,41 @@ def make_loaders(
         [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.PILToTensor()]
     )
     val_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.PILToTensor()])  # fmt: skip
-    train_set = datasets.ImageFolder(str(root), train_tf)
+    train_set = _image_folder(root, train_tf)
     classes = train_set.classes
     if val is not None:
-        val_set = datasets.ImageFolder(str(val), val_tf)
+        val_set = _image_folder(Path(val), val_tf)
         if val_set.classes != classes:
             raise SourceError(str(val), f"has classes {val_set.classes}, train has {classes}")
     else:
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
         n_val = max(1, round(len(train_set) * val_fraction))
-        val_set = Subset(datasets.ImageFolder(str(root), val_tf), order[:n_val].tolist())
+        val_set = Subset(_image_folder(root, val_tf), order[:n_val].tolist())
         train_set = Subset(train_set, order[n_val:].tolist())
     common = {
         "batch_size": batch_size,
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),
     }
+    # Every sample trains each epoch, as from shards; only a last batch of a single sample
+    # is dropped (BatchNorm cannot train on a batch of one).
     train_loader = DataLoader(
-        train_set, shuffle=True, drop_last=len(train_set) >= batch_size, **common
+        train_set, shuffle=True, drop_last=len(train_set) % batch_size == 1, **common
     )
     return train_loader, DataLoader(val_set, **common), classes
+
+
+def _image_folder(root: Path, transform) -> object:
+    """torchvision's ImageFolder, with a ``SourceError`` naming the folder when it is
+    missing or holds no class folder with images."""
+    from torchvision import datasets
+
+    if not root.is_dir():
+        raise SourceError(str(root), "is not an image folder (root/<class>/<image>.jpg)")
+    try:
+        return datasets.ImageFolder(str(root), transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise SourceError(str(root), f"holds no images in class folders (root/<class>/<image>.jpg): {exc}") from exc
 
 
 def is_shards(data: str | os.PathLike) -> bool:

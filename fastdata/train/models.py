@@ -96,7 +96,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     ]
     for k in skipped:
         del state[k]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ: another architecture or width
+        first = " ".join(str(exc).split())[:200]
+        raise SourceError(
+            str(path), f"does not fit {type(model).__name__} ({first}); was it saved from"
+            " another architecture?",
+        ) from exc
     missing = [k for k in missing if k not in skipped]
     if missing or unexpected:
         raise SourceError(
