@@ -202,10 +202,9 @@ def _samples(dataset: Any, folders: list, reasons: list[str]) -> Sequence | None
         return _ConcatSamples(parts, list(dataset.cumulative_sizes))
     more = _folder_reasons(dataset)
     reasons.extend(more)
-    if more:
-        return None
-    folders.append(dataset)
-    return _FolderSamples(dataset)
+    if hasattr(dataset, "transform") and hasattr(dataset, "samples"):
+        folders.append(dataset)  # its transform is checked too, so all reasons come at once
+    return None if more else _FolderSamples(dataset)
 
 
 def _folder_reasons(dataset: Any) -> list[str]:
@@ -257,7 +256,7 @@ def _collate(collate_fn: Callable | None) -> tuple[Any, str | None]:
 
 _CALL_SHAPE = {"RESUME", "COPY_FREE_VARS", "LOAD_GLOBAL", "LOAD_DEREF", "LOAD_FAST", "PUSH_NULL",
                "PRECALL", "CALL", "CALL_FUNCTION", "CALL_FUNCTION_EX", "RETURN_VALUE", "NOP",
-               "LOAD_FAST_LOAD_FAST", "LOAD_FAST_BORROW", "CALL_KW"}  # fmt: skip
+               "LOAD_FAST_LOAD_FAST", "LOAD_FAST_BORROW", "LOAD_ATTR"}  # fmt: skip
 
 
 def _mixing_target(fn: Any) -> Any:
@@ -266,7 +265,8 @@ def _mixing_target(fn: Any) -> Any:
     (or the same as a nested ``def``), ``mix`` being a v2 ``MixUp``, ``CutMix`` or
     ``RandomChoice`` of them. Such a function is recognised by what it *is*, not by its
     name: one positional argument, bytecode made only of loads and calls, and exactly two
-    names it loads from outside, torch's ``default_collate`` and the mixing transform.
+    names it loads from outside, torch's ``default_collate`` (also as a module's
+    attribute, ``tud.default_collate``) and the mixing transform.
     Anything else (a function with more code, other callables) is not compiled. Returns
     the mixing transform, or None.
     """
@@ -281,8 +281,14 @@ def _mixing_target(fn: Any) -> Any:
     if any(i.opname not in _CALL_SHAPE for i in instructions):
         return None
     outside = {**closure.globals, **closure.nonlocals}
-    loaded = [i.argval for i in instructions if i.opname in ("LOAD_GLOBAL", "LOAD_DEREF")]
-    values = [outside.get(n) for n in loaded]
+    values: list = []
+    for i in instructions:
+        if i.opname in ("LOAD_GLOBAL", "LOAD_DEREF"):
+            values.append(outside.get(i.argval))
+        elif i.opname == "LOAD_ATTR":  # ``tud.default_collate``: a module's attribute
+            if not values or not inspect.ismodule(values[-1]):
+                return None
+            values[-1] = getattr(values[-1], i.argval, None)
     if len(values) != 2 or values[1] is not default_collate or not _is_mixing(values[0]):
         return None
     return values[0]

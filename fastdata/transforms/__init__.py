@@ -22,6 +22,7 @@ from fastdata.transforms.autoaugment import AutoAugment, RandAugment, TrivialAug
 from fastdata.transforms.compose import Compose
 from fastdata.transforms.geometry import PlanError
 from fastdata.transforms.kernels import select_backend
+from fastdata.transforms.mix import BatchMix, CutMix, MixUp
 from fastdata.transforms.ops import (
     CenterCrop,
     ColorJitter,
@@ -36,7 +37,6 @@ from fastdata.transforms.ops import (
     ToDtype,
     Transform,
 )
-from fastdata.transforms.mix import BatchMix, CutMix, MixUp
 from fastdata.transforms.plan import Plan, compile_pipeline
 from fastdata.transforms.tv import from_torchvision
 
