@@ -6,7 +6,12 @@ Two workloads, generated once into a folder outside the repository (``--data``):
   in ImageFolder layout -> RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor +
   Normalize, batch 256;
 - ``cifar``: 32x32 PNGs (views of the same bundled photographs) -> RandomCrop(32,
-  padding=4) + RandomHorizontalFlip + ToTensor + Normalize, batch 512.
+  padding=4) + RandomHorizontalFlip + ToTensor + Normalize, batch 512;
+- ``recipe``: the ``imagenet`` folder through torchvision's full classification recipe
+  (``references/classification/train.py --auto-augment ta_wide --random-erase 0.1
+  --mixup-alpha 0.2 --cutmix-alpha 1.0``): RandomResizedCrop(224) + RandomHorizontalFlip +
+  TrivialAugmentWide + ToTensor + Normalize + RandomErasing(0.1), and a ``collate_fn``
+  returning ``RandomChoice([MixUp(0.2), CutMix(1.0)])(*default_collate(batch))``, batch 256.
 
 Every repetition runs one loader in a fresh child process (the three loaders alternate),
 which warms up on one batch (worker start, Numba cache load) and then times one full epoch
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proctree  # noqa: E402
@@ -39,7 +45,13 @@ import report  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("torch", "fastdata", "compile")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-BATCH = {"imagenet": 256, "cifar": 512}
+BATCH = {"imagenet": 256, "cifar": 512, "recipe": 256}
+_MIX = None  # the recipe's MixUp/CutMix choice, made by build_loader
+
+
+def mixing_collate(batch):
+    """The recipe's collate function, as torchvision's reference script writes it."""
+    return _MIX(*default_collate(batch))
 
 
 def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
@@ -49,6 +61,7 @@ def make_data(root: Path, jpegs: int, pngs: int) -> dict[str, Path]:
     from fastdata.tools.sample_data import DEFAULT_CLASSES, load_photograph, make_image_folder
 
     folders = {"imagenet": root / f"imagenet-{jpegs}", "cifar": root / f"cifar-{pngs}"}
+    folders["recipe"] = folders["imagenet"]
     if not folders["imagenet"].exists():
         make_image_folder(
             folders["imagenet"], n_per_class=jpegs // len(DEFAULT_CLASSES), quality=90
@@ -76,20 +89,35 @@ def build_loader(variant: str, workload: str, folder: Path, workers: int, device
 
     import fastdata.loading.dataloader
 
+    global _MIX
+    after, collate = [], {}
     if workload == "imagenet":
         steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+    elif workload == "recipe":
+        steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.TrivialAugmentWide()]
+        after = [T.RandomErasing(0.1)]
     else:
         steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
     dataset = datasets.ImageFolder(
-        str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+        str(folder), transform=T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD), *after])
     )
+    if workload == "recipe":
+        from torchvision.transforms import v2
+
+        classes = len(dataset.classes)
+        _MIX = v2.RandomChoice(
+            [v2.MixUp(alpha=0.2, num_classes=classes), v2.CutMix(alpha=1.0, num_classes=classes)]
+        )
+        collate = {"collate_fn": mixing_collate}
     cls = torch.utils.data.DataLoader if variant == "torch" else fastdata.loading.dataloader.DataLoader
     extra = {"compile": True} if variant.startswith("compile") else {}
     if device is not None:  # torch's way: pinned float batches, copied by the consumer
         extra.update({"device": device} if extra else {"pin_memory": True})
     if variant.startswith("compile-"):  # compile-threads, compile-processes
         extra["worker_mode"] = variant.split("-", 1)[1]
-    return cls(dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **extra)
+    return cls(
+        dataset, batch_size=BATCH[workload], shuffle=True, num_workers=workers, **collate, **extra
+    )
 
 
 def _cpu_seconds() -> float:

@@ -43,6 +43,19 @@ def folder(tmp_path_factory) -> str:
     return str(root)
 
 
+class Wrapped(tud.Dataset):
+    """A user's dataset around an image folder (not compilable: its __getitem__ is its own)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return self.inner[i]
+
+
 def run(dataset, compile: bool, seed: int = 0, **kwargs) -> list:
     dl = DataLoader(
         dataset, compile=compile, generator=torch.Generator().manual_seed(seed), **kwargs
@@ -211,11 +224,10 @@ def test_target_transform_and_channels_last(folder):
             "loader=",
         ),
         (
-            lambda root: tud.Subset(
-                datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.ToTensor()])),
-                [0, 1, 2],
+            lambda root: Wrapped(
+                datasets.ImageFolder(root, transform=T.Compose([T.Resize((8, 8)), T.ToTensor()]))
             ),
-            "Subset",
+            "dataset Wrapped",
         ),
     ],
     ids=["unsupported-transform", "no-transform", "no-fixed-size", "custom-loader", "wrapped"],
@@ -226,7 +238,7 @@ def test_unsupported_pieces_are_named_and_fall_back(folder, make, needle):
         dl = DataLoader(ds, batch_size=3, compile=True, collate_fn=None)
     assert needle in str(record[0].message)
     assert dl.compiled is None
-    if needle in ("GaussianBlur", "Subset"):
+    if needle in ("GaussianBlur", "dataset Wrapped"):
         torch.manual_seed(1)
         ours = list(dl)
         torch.manual_seed(1)
@@ -295,3 +307,113 @@ def test_compile_folder_reports_nothing_missing_for_imagenet_pipeline(folder):
     )
     compiled, reasons = compile_folder(ds, collate_fn=tud.default_collate)
     assert reasons == [] and compiled.plan.sample_shape == (224, 224, 3)
+
+
+def _recipe(size: int = 24) -> v2.Compose:
+    """torchvision's classification training recipe (references/classification, --auto-augment
+    ta_wide --random-erase), at a small size."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size),
+            v2.RandomHorizontalFlip(),
+            v2.TrivialAugmentWide(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+            v2.RandomErasing(0.5),
+        ]
+    )
+
+
+def _mixing_collate(num_classes: int):
+    mix = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=num_classes), v2.CutMix(alpha=1.0, num_classes=num_classes)])
+
+    def collate_fn(batch):
+        return mix(*tud.default_collate(batch))
+
+    return collate_fn
+
+
+def test_full_recipe_compiles_and_does_not_depend_on_workers(folder, recwarn):
+    ds = datasets.ImageFolder(folder, transform=_recipe())
+    kw = dict(batch_size=5, shuffle=True, collate_fn=_mixing_collate(3))
+    runs = [run(ds, True, num_workers=n, **kw) for n in (0, 2)]
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
+    dl = DataLoader(ds, compile=True, **kw)
+    assert dl.compiled is not None and "TrivialAugmentWide" in repr(dl)
+    assert "RandomErasing" in repr(dl) and "MixUp or CutMix (collate_fn)" in repr(dl)
+    plain = list(tud.DataLoader(ds, generator=torch.Generator().manual_seed(0), **kw))
+    for (x0, y0), (x2, y2), (rx, ry) in zip(*runs, plain, strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+        assert x0.shape == rx.shape and y0.shape == ry.shape == (len(y0), 3)
+        assert y0.dtype == ry.dtype == torch.float32
+        torch.testing.assert_close(y0.sum(1), torch.ones(len(y0)))  # mixed one-hot rows
+
+
+def test_auto_augment_changes_what_the_geometry_gives(folder):
+    base = [v2.RandomResizedCrop(24), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    with_aa = v2.Compose([*base[:1], v2.AutoAugment(), *base[1:]])
+    plain = torch.cat([x for x, _ in run(datasets.ImageFolder(folder, transform=v2.Compose(base)), True, batch_size=7)])
+    augmented = torch.cat([x for x, _ in run(datasets.ImageFolder(folder, transform=with_aa), True, batch_size=7)])
+    changed = (plain - augmented).abs().flatten(1).amax(1) > 0
+    assert 0 < changed.float().mean() < 1  # the ImageNet policy leaves some samples alone
+
+
+def test_subset_and_concat_of_folders_compile_and_match_torch(folder, recwarn):
+    full = datasets.ImageFolder(folder, transform=DETERMINISTIC[0], target_transform=lambda y: y + 10)
+    other = datasets.ImageFolder(folder, transform=DETERMINISTIC[0])
+    for ds in (tud.Subset(full, [20, 3, 7, 11]), tud.ConcatDataset([full, tud.Subset(other, [1, 2])])):
+        ours = run(ds, True, batch_size=4, shuffle=True)
+        theirs = list(tud.DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+        for (x, y), (rx, ry) in zip(ours, theirs, strict=True):
+            assert torch.equal(y, ry)
+            assert (x - rx).abs().mean() < 0.05
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
+
+
+def test_concat_of_folders_with_different_transforms_falls_back(folder):
+    a = datasets.ImageFolder(folder, transform=DETERMINISTIC[0])
+    b = datasets.ImageFolder(folder, transform=DETERMINISTIC[1])
+    with pytest.warns(UserWarning, match="different transforms"):
+        assert DataLoader(tud.ConcatDataset([a, b]), batch_size=4, compile=True).compiled is None
+
+
+def test_fallback_warning_names_every_reason_and_what_to_change(folder):
+    ds = datasets.ImageFolder(
+        folder, transform=T.Compose([T.Resize((8, 8)), T.GaussianBlur(3), T.ToTensor()]),
+        loader=lambda p: Image.open(p).convert("RGB"),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="could not compile") as record:
+        dl = DataLoader(ds, batch_size=3, compile=True, collate_fn=lambda b: b)
+    message = str(record[0].message)
+    assert "3 reasons" in message
+    for needle in ("GaussianBlur", "loader=", "collate_fn", "drop the loader argument", "remove it"):
+        assert needle in message, needle
+    assert "compiled=False" in repr(dl) and "GaussianBlur" in repr(dl)
+    assert len(dl.compile_reasons) == 3
+
+
+def test_mixing_collate_with_extra_work_is_not_compiled(folder):
+    mix = v2.MixUp(alpha=0.2, num_classes=3)
+    ds = datasets.ImageFolder(folder, transform=DETERMINISTIC[0])
+
+    def collate_fn(batch):
+        x, y = mix(*tud.default_collate(batch))
+        return x * 2, y
+
+    with pytest.warns(UserWarning, match="collate_fn='collate_fn'"):
+        DataLoader(ds, batch_size=3, compile=True, collate_fn=collate_fn)
+
+
+def test_image_classification_preset_compiles_and_matches(folder, recwarn):
+    from torchvision.transforms._presets import ImageClassification
+
+    preset = ImageClassification(crop_size=32, resize_size=40)
+    ds = datasets.ImageFolder(folder, transform=preset)
+    ours = run(ds, True, batch_size=7)
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
+    theirs = list(tud.DataLoader(ds, batch_size=7))
+    for (x, y), (rx, ry) in zip(ours, theirs, strict=True):
+        assert torch.equal(y, ry)
+        err = (x - rx).abs() * torch.tensor(preset.std).view(1, 3, 1, 1) * 255
+        assert err.mean() < 3

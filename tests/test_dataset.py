@@ -337,3 +337,19 @@ def test_token_fields_collate_under_torch_dataloader_without_warnings(tmp_path):
         for row, (key, n) in enumerate(zip(keys, lengths, strict=True)):
             expected[row, :n] = np.arange(n) + int(key[1:])
         np.testing.assert_array_equal(tokens.values.numpy(), expected)
+@pytest.mark.parametrize("raw", [False, True], ids=["png", "raw"])
+def test_pixel_stage_and_erasing_apply_on_every_path(tmp_path, raw):
+    # the PNG batch-level stage and the raw gather kernel must not skip the pixel stage
+    urls, _ = write_image_shards(str(tmp_path), 25, 8, seed=3, raw=raw)
+    # random geometry for PNGs (the batch-level stage takes it); the raw per-sample path
+    # draws crops differently from the gather kernel, so there the geometry is fixed
+    geometry = [T.CenterCrop(8)] if raw else [T.RandomCrop(8, padding=2), T.RandomHorizontalFlip()]
+    invert = T.AutoAugment(policies=[(("Invert", 1.0, None), ("Invert", 0.0, None))])
+    tail = [T.ToDtype(torch.float32, scale=True)]
+    plain = [x for x, _ in ShardDataset(urls, transform=T.Compose([*geometry, *tail]), seed=2).iter_batches(5)]
+    inverted = [x for x, _ in ShardDataset(urls, transform=T.Compose([*geometry, invert, *tail]), seed=2).iter_batches(5)]
+    for a, b in zip(plain, inverted, strict=True):
+        torch.testing.assert_close(b, 1.0 - a, atol=1e-6, rtol=0)
+    erase = T.RandomErasing(p=1.0, scale=(0.3, 0.3), ratio=(1.0, 1.0), value=-5.0)
+    erased = torch.cat([x for x, _ in ShardDataset(urls, transform=T.Compose([*geometry, *tail, erase]), seed=2).iter_batches(5)])
+    assert ((erased == -5.0).flatten(1).float().mean(1) > 0.2).all()

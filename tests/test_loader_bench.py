@@ -31,12 +31,13 @@ def folders(bench, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("workload", ["imagenet", "cifar"])
+@pytest.mark.parametrize("workload", ["imagenet", "cifar", "recipe"])
 @pytest.mark.parametrize("variant", ["torch", "fastdata", "compile"])
-def test_child_times_one_epoch(bench, folders, workload, variant, capsys):
+def test_child_times_one_epoch(bench, folders, workload, variant, capsys, recwarn):
     bench.child(variant, workload, folders[workload], workers=0)
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    expected = {"imagenet": 20, "cifar": 30}[workload]
+    expected = {"imagenet": 20, "cifar": 30, "recipe": 20}[workload]
     assert result["samples"] == expected and result["seconds"] > 0 and result["cpu_seconds"] > 0
 
 

@@ -36,7 +36,7 @@ from numba import njit
 
 from fastdata.errors import DecodeError, FastdataError, ShardError
 from fastdata.loading.buffers import BatchRing, OutputPool
-from fastdata.loading.engine import EngineStats, SampleRng
+from fastdata.loading.engine import BATCH_STREAM, PIXEL_STREAM, EngineStats, SampleRng
 from fastdata.loading.fields import collate_field, decode_field
 from fastdata.loading.schedule import Schedule
 from fastdata.shards.shardmap import ShardMap, load_shard
@@ -158,6 +158,9 @@ class BatchStream:
                 images, extras = self._wait(fut)
                 if not self.direct and self.plan is not None:
                     images = self._finish(slot, len(extras[0]) if extras else None, b)
+                if getattr(self.plan, "has_batch_augment", False):  # RandomErasing
+                    lo = int(self.s.starts[b])
+                    self.plan.augment_batch(images, lambda i, lo=lo: self.rngs.for_sample(lo + i, BATCH_STREAM))
                 self.stats.wait_s += time.perf_counter() - t0
                 n = int(self.s.starts[b + 1] - self.s.starts[b])
                 self.stats.batches += 1
@@ -311,8 +314,8 @@ class BatchStream:
     def _fast_rows(self, s: int, smap: ShardMap, members: np.ndarray):
         """The image extension of these samples and which of them the batch kernel can take."""
         ext = next((e for e in self.ds.image if e in smap.fields), None)
-        if ext is None or not ext.endswith("npy"):
-            return ext, None
+        if ext is None or not ext.endswith("npy") or getattr(self.plan, "has_pixel_stage", False):
+            return ext, None  # the gather kernel has no pixel stage: per sample instead
         if (s, ext) not in self._layouts:
             self._layouts[(s, ext)] = _npy_layout(smap, ext, self.plan.sample_ops, self.shape)
         layout = self._layouts[(s, ext)]
@@ -335,6 +338,9 @@ class BatchStream:
         if staged:  # NOTE [ Batch-level stage ] in fastdata.loading.engine
             ok = self._stage(lo, rows, shard, member, maps, tmp)
             done = [k for k in todo if ok[k]]
+            if getattr(self.plan, "has_pixel_stage", False):  # NOTE [ Pixel stage ]
+                for k in done:
+                    self.plan.pixels_into(tmp[k], self.rngs.for_sample(lo + rows[k], PIXEL_STREAM))
             if not self.direct:
                 for k in done:
                     arr[rows[k]] = tmp[k]

@@ -12,8 +12,9 @@ the same order as torch for the same generator), but decoding and the geometric 
 run in a thread pool straight into preallocated uint8 batches, and the conversion and
 normalisation run once per batch, on ``device`` when given (see ``fastdata.loading.engine``).
 Batches are ``[images, labels]`` like torch's default collation of ``(image, label)``
-pairs: a float NCHW tensor and an int64 tensor. What cannot be compiled is named in a
-warning and runs on the drop-in path.
+pairs: a float NCHW tensor and an int64 tensor (one-hot float rows after MixUp/CutMix).
+What cannot be compiled is named in a warning, every reason at once, and runs on the
+drop-in path; ``repr(loader)`` says what was compiled, or why not.
 
 NOTE [ compile=True and worker arguments ]
 On the compiled path ``num_workers`` is the number of worker threads or processes (0: the
@@ -35,6 +36,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.utils.data
 from torch.utils.data import get_worker_info
@@ -124,6 +126,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self.on_error = on_error
         self.worker_mode = worker_mode
         self.compiled: CompiledFolder | None = None
+        self.compile_reasons: list[str] = []  # why compile=True fell back (empty: it did not)
         self._stats = EngineStats()
         self._epoch = 0
         self._spare_engine: BatchEngine | None = None  # NOTE [ Buffers outlive the epoch ]
@@ -131,18 +134,32 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self.compiled = self._compile()
 
     def _compile(self) -> CompiledFolder | None:
-        reasons = [] if self._auto_collation else ["batch_size=None (automatic batching off)"]
-        compiled = None
-        if not reasons:
-            compiled, reasons = compile_folder(self.dataset, collate_fn=self.collate_fn)
-        if compiled is None:
+        """Compiles the dataset, or warns naming every reason it cannot (and what to change)."""
+        reasons = [] if self._auto_collation else [
+            "batch_size=None (automatic batching off: give a batch_size)"
+        ]  # fmt: skip
+        compiled, more = compile_folder(self.dataset, collate_fn=self.collate_fn)
+        reasons += more
+        if reasons:
+            compiled = None
+            self.compile_reasons = reasons
+            listed = "".join(f"\n  - {r}" for r in reasons)
             warnings.warn(
-                "DataLoader(compile=True) could not compile: "
-                + "; ".join(reasons)
-                + ". These batches are produced by the uncompiled DataLoader instead.",
+                f"DataLoader(compile=True) could not compile ({len(reasons)} "
+                f"{'reason' if len(reasons) == 1 else 'reasons'}):{listed}\n"
+                "These batches are produced by the uncompiled DataLoader instead.",
                 stacklevel=3,
             )
         return compiled
+
+    def __repr__(self) -> str:
+        """Names the dataset, the batch size and what ``compile=True`` compiled (or why not)."""
+        head = f"DataLoader({type(self.dataset).__name__}, batch_size={self.batch_size}"
+        if self.compiled is not None:
+            return f"{head}, compiled=[{self.compiled.describe()}])"
+        if self.compile_reasons:
+            return f"{head}, compiled=False: {'; '.join(self.compile_reasons)})"
+        return f"{head}, compiled=False)"
 
     @property
     def stats(self) -> EngineStats:
@@ -253,6 +270,7 @@ class _CompiledIter:
         self._len = len(loader)
         compiled = loader.compiled
         epoch, loader._epoch = loader._epoch, loader._epoch + 1
+        self._epoch_no, self._batch_no = epoch, 0
         batches = self._engine.iterate(
             compiled.refs(index_batches), epoch=epoch, seed=self._base_seed
         )
@@ -275,6 +293,11 @@ class _CompiledIter:
             if not self._loader.persistent_workers:
                 self._hand_back()
             raise
+        mix = self._loader.compiled.mix
+        if mix is not None:  # a pure function of (seed, epoch, batch), like the samples' draws
+            words = [self._base_seed & 0xFFFFFFFFFFFFFFFF, self._epoch_no, self._batch_no, 0x6D6978]
+            images, labels = mix(images, labels, np.random.default_rng(words))
+        self._batch_no += 1
         if self._pin:
             images, labels = images.pin_memory(), labels.pin_memory()
         return [images, labels]

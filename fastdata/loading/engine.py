@@ -110,6 +110,7 @@ __all__ = ["BatchEngine", "EngineStats", "Plan", "SampleRef", "SampleRng", "ON_E
 ON_ERROR = ("raise", "skip", "warn")
 _POLL_S = 1.0  # how often a blocked wait wakes up to check the deadline
 _NOT_STARTED = -2  # progress mark of a chunk no worker has taken yet
+PIXEL_STREAM, BATCH_STREAM = 1, 2  # see SampleRng.for_sample
 
 
 class Plan(Protocol):
@@ -127,6 +128,10 @@ class Plan(Protocol):
 
     # Optional: ``chunk_into(sources, indices, key, out) -> bool array | None``, a batch-level
     # stage (NOTE [ Batch-level stage ]); plans without it go sample by sample.
+    # ``has_pixel_stage`` and ``pixels_into(slot, rng)``: what ``sample_into`` does after the
+    # geometry, run on the slots the batch-level stage wrote (stream ``PIXEL_STREAM``).
+    # ``has_batch_augment`` and ``augment_batch(images, rng_of)``: random steps on the
+    # converted batch (stream ``BATCH_STREAM``).
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +196,16 @@ class SampleRng:
         self.key = key.copy()  # the key words batch-level stages hash with sample indices
         self._local = threading.local()
 
-    def for_sample(self, index: int) -> np.random.Generator:
+    def for_sample(self, index: int, stream: int = 0) -> np.random.Generator:
         """The generator of sample ``index``, reset to the start of its stream.
+
+        Args:
+            index: the sample's index in the epoch.
+            stream: which of the sample's streams: 0 for the sample stage (crops, flips,
+                and the pixel stage after them), ``PIXEL_STREAM`` for the pixel stage of
+                a sample the batch-level stage cropped, ``BATCH_STREAM`` for the random
+                steps on the converted batch (RandomErasing). Distinct streams start at
+                counters ``(0, index, stream, 0)``, so they never overlap.
 
         The returned object is reused by the next call in the same thread: use it before
         asking for another sample's generator.
@@ -203,7 +216,7 @@ class SampleRng:
             local.gen = np.random.Generator(local.bitgen)
             local.state = local.bitgen.state
         state = local.state
-        state["state"]["counter"][:] = (0, int(index) & 0xFFFFFFFFFFFFFFFF, 0, 0)
+        state["state"]["counter"][:] = (0, int(index) & 0xFFFFFFFFFFFFFFFF, stream, 0)
         state["state"]["key"][:] = self._key
         state["buffer_pos"] = 4
         state["has_uint32"] = 0
@@ -344,7 +357,7 @@ class BatchEngine:
             while inflight:
                 job = inflight[0]
                 self._wait(job)
-                images, extras = self._assemble(job, ring)
+                images, extras = self._assemble(job, ring, rngs)
                 inflight.popleft()
                 if not exhausted:
                     exhausted = self._top_up(source, inflight, ring, rngs)
@@ -481,7 +494,7 @@ class BatchEngine:
             for i, err in failures:
                 job.errors[i] = err
 
-    def _assemble(self, job: _InFlight, ring: BatchRing) -> tuple[Any, Any]:
+    def _assemble(self, job: _InFlight, ring: BatchRing, rngs: SampleRng) -> tuple[Any, Any]:
         """Applies the error policy, runs the batch stage and frees the buffer."""
         n = len(job.refs)
         extras = [ref.extra for ref in job.refs]
@@ -495,6 +508,9 @@ class BatchEngine:
             )  # fmt: skip
             if isinstance(images, torch.Tensor) and shares_memory(images, buf):
                 images = images.clone(memory_format=self.memory_format)
+            if getattr(self.plan, "has_batch_augment", False):
+                refs = job.refs
+                self.plan.augment_batch(images, lambda i: rngs.for_sample(refs[i].index, BATCH_STREAM))
             if n == self.batch_size:  # a short last batch would push a full one out
                 self._outputs.keep(images)
         finally:
@@ -566,7 +582,15 @@ def _produce(
         sources, [ref.index for ref in refs[lo:hi]], rngs.key, out[lo:hi]
     )  # fmt: skip
     if done is not None:
-        todo = [lo + int(i) for i in np.flatnonzero(~np.asarray(done, bool))]
+        done = np.asarray(done, bool)
+        todo = [lo + int(i) for i in np.flatnonzero(~done)]
+        if getattr(plan, "has_pixel_stage", False):  # NOTE [ Pixel stage ] in the plan
+            for i in np.flatnonzero(done):
+                marks[n] = lo + int(i)
+                try:
+                    plan.pixels_into(out[lo + int(i)], rngs.for_sample(refs[lo + int(i)].index, PIXEL_STREAM))
+                except Exception as exc:  # handed to the consumer like any sample's error
+                    failures.append((lo + int(i), _as_fastdata_error(exc, refs[lo + int(i)])))
     failed = {i for i, _ in failures}
     for i in todo:
         if i in failed:

@@ -18,7 +18,7 @@ class StreamPlan:
 
     def __init__(self, plan: Any, shape: tuple[int, int, int]) -> None:
         self.plan, self.sample_shape = plan, shape
-        sample_ops = [t for t in getattr(plan, "transforms", [None]) if getattr(t, "stage", "sample") == "sample"]
+        sample_ops = [t for t in getattr(plan, "transforms", [None]) if getattr(t, "stage", "sample") in ("sample", "pixel")]
         self._copy_only = not sample_ops
         self._named = "url" in inspect.signature(plan.sample_into).parameters
 

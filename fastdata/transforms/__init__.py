@@ -18,15 +18,18 @@ sampling rules and the crop/resize algebra, :mod:`.kernels` for the backends and
 :func:`from_torchvision` for converting existing torchvision pipelines.
 """
 
+from fastdata.transforms.autoaugment import AutoAugment, RandAugment, TrivialAugmentWide
 from fastdata.transforms.compose import Compose
 from fastdata.transforms.geometry import PlanError
 from fastdata.transforms.kernels import select_backend
+from fastdata.transforms.mix import BatchMix, CutMix, MixUp
 from fastdata.transforms.ops import (
     CenterCrop,
     ColorJitter,
     DecodeImage,
     Normalize,
     RandomCrop,
+    RandomErasing,
     RandomHorizontalFlip,
     RandomResizedCrop,
     RandomVerticalFlip,
@@ -38,20 +41,27 @@ from fastdata.transforms.plan import Plan, compile_pipeline
 from fastdata.transforms.tv import from_torchvision
 
 __all__ = [
+    "AutoAugment",
+    "BatchMix",
     "CenterCrop",
     "ColorJitter",
     "Compose",
+    "CutMix",
     "DecodeImage",
+    "MixUp",
     "Normalize",
     "Plan",
     "PlanError",
+    "RandAugment",
     "RandomCrop",
+    "RandomErasing",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "RandomVerticalFlip",
     "Resize",
     "ToDtype",
     "Transform",
+    "TrivialAugmentWide",
     "compile_pipeline",
     "from_torchvision",
     "select_backend",

@@ -330,3 +330,56 @@ class Normalize(Transform):
         if any(s == 0 for s in std):
             raise ValueError(f"Normalize: std must be non-zero, got {std!r}")
         self.mean, self.std = tuple(mean), tuple(std)
+
+
+class RandomErasing(Transform):
+    """Erase a random box of each image with probability ``p`` (on the float batch).
+
+    The box follows torchvision's rule (ten attempts at an area fraction uniform in
+    ``scale`` and a log-uniform aspect ratio ``h / w``; no erasing when none fits), drawn
+    from the sample's generator. It runs after the batch's conversion with torch ops, on
+    whatever device the batch is; ``value`` is taken in the space where the step stands
+    in the pipeline (before or after ``Normalize``) and mapped to the output's.
+
+    Args:
+        p: probability of erasing an image.
+        scale: range of the erased area as a fraction of the image.
+        ratio: range of the erased box's aspect ratio.
+        value: a number, one per channel, or ``"random"`` (standard normal noise).
+    """
+
+    stage = "batch"
+
+    def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, inplace=False):
+        self.p = _probability(p)
+        if not (len(scale) == 2 and 0 <= scale[0] <= scale[1] <= 1):
+            raise ValueError(f"RandomErasing: scale must be (min, max) in [0, 1], got {scale!r}")
+        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"RandomErasing: ratio must be (min, max) > 0, got {ratio!r}")
+        if isinstance(value, str) and value != "random":
+            raise ValueError(f"RandomErasing: value must be a number, numbers or 'random', got {value!r}")
+        if value is None or isinstance(value, str):
+            self.value = None
+        else:
+            self.value = tuple(float(v) for v in (value if isinstance(value, Sequence) else [value]))
+            if len(self.value) not in (1, 3):
+                raise ValueError(f"RandomErasing: value needs 1 or 3 numbers, got {value!r}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+
+    def box(self, rng: np.random.Generator, height: int, width: int):
+        """``(top, left, h, w)`` of the box to erase, or None (not erased this time)."""
+        if not rng.random() < self.p:
+            return None
+        area = height * width
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            erase_area = area * rng.uniform(*self.scale)
+            aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+            h = int(round(np.sqrt(erase_area * aspect)))
+            w = int(round(np.sqrt(erase_area / aspect)))
+            if h < height and w < width:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return top, left, h, w
+        return None

@@ -35,7 +35,7 @@ from fastdata.decode import roi
 from fastdata.decode.images import decode_image, image_format, image_size
 from fastdata.errors import DecodeError
 from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
-from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
+from fastdata.transforms.kernels import augment, cpu, normalize_lut, select_backend
 
 CHANNELS = 3
 
@@ -115,6 +115,9 @@ class Plan:
     def __init__(self, transforms: list[Step]) -> None:
         self.transforms = list(transforms)
         self.sample_ops = [t for t in self.transforms if t.stage == "sample"]
+        self.pixel_ops = [t for t in self.transforms if t.stage == "pixel"]
+        self._check_pixel_order()
+        self.erasing = self._erasing_steps()
         decoders = [t for t in self.transforms if t.stage == "decode"]
         self.reduce = decoders[-1].reduce if decoders else False  # NOTE [ DCT scaling ]
         resizes = [
@@ -138,6 +141,97 @@ class Plan:
 
             if jpegbatch.available():
                 self._stage = jpegbatch.JpegCropStage(*resized, self.reduce)
+
+    def _check_pixel_order(self) -> None:
+        """NOTE [ Pixel stage ]
+        The AutoAugment family (``stage == "pixel"``) runs on the uint8 slot after the
+        whole geometric stage, drawing from the same per-sample generator after the crops
+        and flips (:meth:`pixels_into`). That is the pipeline's own order only when no
+        geometric step follows such a step, which is checked here.
+        """
+        seen = None
+        for t in self.transforms:
+            if t.stage == "pixel":
+                seen = type(t).__name__
+            elif t.stage == "sample" and seen is not None:
+                raise PlanError(
+                    f"{type(t).__name__} after {seen} cannot be compiled: put the geometric "
+                    f"steps (crops, resizes, flips) before {seen}"
+                )
+
+    def _erasing_steps(self) -> list[tuple]:
+        """``(step, scale_first, normalise)`` of each RandomErasing: how its ``value``
+        maps to the output (divided by 255 when it stands before a scaling ToDtype,
+        normalised when it stands before Normalize)."""
+        out, scaled, normalised = [], False, False
+        for t in self.transforms:
+            if _is(t, "ToDtype"):
+                scaled = scaled or t.scale
+            elif _is(t, "Normalize"):
+                normalised = True
+            elif _is(t, "RandomErasing"):
+                out.append((t, not scaled, not normalised))
+        return out
+
+    @property
+    def has_pixel_stage(self) -> bool:
+        """Whether :meth:`pixels_into` does anything (an AutoAugment-family step)."""
+        return bool(self.pixel_ops)
+
+    def pixels_into(self, out: np.ndarray, rng: np.random.Generator) -> None:
+        """The pixel stage (NOTE [ Pixel stage ]): AutoAugment-family steps on one
+        ``(H, W, 3)`` uint8 slot, in place, with operations drawn from ``rng``."""
+        if not self.pixel_ops:
+            return
+        h, w = out.shape[:2]
+        scratch = np.empty_like(out)
+        for t in self.pixel_ops:
+            fill = np.asarray(t.fill, np.uint8)
+            for op, magnitude in t.draw(rng, h, w):
+                augment.apply_op(out, op, magnitude, fill, scratch)
+
+    @property
+    def has_batch_augment(self) -> bool:
+        """Whether :meth:`augment_batch` does anything (a RandomErasing step)."""
+        return bool(self.erasing)
+
+    def augment_batch(self, images: torch.Tensor, rng_of) -> None:
+        """Random steps on the converted ``(N, C, H, W)`` batch, in place (RandomErasing).
+
+        Args:
+            images: the batch :meth:`finish` returned, on any device.
+            rng_of: ``rng_of(i)`` gives sample ``i``'s generator for this stage; it is used
+                up before the next call (the engine reuses one generator per thread).
+        """
+        if not self.erasing:
+            return
+        n, c, h, w = images.shape
+        for i in range(n):
+            rng = rng_of(i)
+            for t, unscaled, unnormalised in self.erasing:
+                box = t.box(rng, h, w)
+                if box is None:
+                    continue
+                top, left, bh, bw = box
+                if t.value is None:
+                    value = rng.standard_normal((c, bh, bw)).astype(np.float32)
+                else:
+                    value = np.broadcast_to(np.asarray(t.value, np.float32).reshape(-1, 1, 1), (c, 1, 1))
+                value = self._to_output(value, unscaled, unnormalised)
+                images[i, :, top : top + bh, left : left + bw] = torch.from_numpy(value).to(
+                    images.device, images.dtype
+                )
+
+    def _to_output(self, value: np.ndarray, unscaled: bool, unnormalised: bool) -> np.ndarray:
+        """An erasing value in the output's units (see :meth:`_erasing_steps`)."""
+        value = np.array(value, np.float64)
+        if unscaled and self.scale and self.dtype != torch.uint8:
+            value = value / 255.0
+        if unnormalised and self.dtype != torch.uint8:
+            mean = np.broadcast_to(np.asarray(self.mean, np.float64), (value.shape[0],))
+            std = np.broadcast_to(np.asarray(self.std, np.float64), (value.shape[0],))
+            value = (value - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
+        return value.astype(np.float32)
 
     def _direct_steps(self):
         """``(crop, flips)`` when the sample stage is RandomCrop then flips only, else None.
@@ -222,6 +316,7 @@ class Plan:
         fill = np.asarray(crop.fill, np.uint8)
         mode = PAD_MODES.index(crop.padding_mode)
         cpu.crop_flip_into(arr, top, left, flip[0], flip[1], mode, fill, out)
+        self.pixels_into(out, rng)
 
     def _batch_stage(self):
         dtype, scale, mean, std = torch.uint8, False, None, None
@@ -302,8 +397,10 @@ class Plan:
         geom, arr = self.geometry(src, rng, url=url, key=key, field=field)
         _check_out(out, geom.size())
         if arr is None and self._render_region(src, geom, out, url, key, field):
+            self.pixels_into(out, rng)
             return
         self._render(self._decoded(src, geom, arr, url, key, field), geom, out)
+        self.pixels_into(out, rng)
 
     def _render_region(self, src, geom: Geometry, out: np.ndarray, url, key, field) -> bool:
         """Decode only the source pixels the output needs, then resample (NOTE [ Decoding
@@ -337,6 +434,7 @@ class Plan:
         geom, arr = self.geometry(src, rng)
         out = np.empty((*geom.size(), CHANNELS), np.uint8)
         self._render(self._decoded(src, geom, arr, None, None, None), geom, out)
+        self.pixels_into(out, rng)
         return out
 
     @staticmethod
@@ -417,7 +515,9 @@ class Plan:
         """Run both stages on one sample; returns a CHW tensor."""
         rng = default_rng() if rng is None else rng
         hwc = self.sample(sample, rng)
-        return self.finish(torch.from_numpy(hwc)[None])[0]
+        batch = self.finish(torch.from_numpy(hwc)[None])
+        self.augment_batch(batch, lambda i: rng)
+        return batch[0]
 
 
 def run_sequential(
@@ -439,6 +539,12 @@ def run_sequential(
         if t.stage == "decode":
             if isinstance(current, (bytes, bytearray, memoryview)):
                 current = decode_image(bytes(current))
+            continue
+        if t.stage == "pixel":
+            if isinstance(current, (bytes, bytearray, memoryview)):
+                current = decode_image(bytes(current))
+            current = np.array(_as_hwc(current), copy=True, order="C")
+            Plan([t]).pixels_into(current, rng)
             continue
         current = Plan([t]).sample(current, rng)
     if isinstance(current, (bytes, bytearray, memoryview)):

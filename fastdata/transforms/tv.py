@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdata.transforms import ops
+from fastdata.transforms import autoaugment, ops
 from fastdata.transforms.compose import Compose
 
 _PASS_THROUGH = {"PILToTensor", "ToImage", "ToPureTensor"}
@@ -56,7 +56,40 @@ def _convert_one(t) -> list:
         return [ops.RandomVerticalFlip(t.p)]
     if name == "ColorJitter":
         return [ops.ColorJitter(t.brightness or (1.0, 1.0), t.contrast, t.saturation, t.hue)]
+    if name in _AUTO_AUGMENT:
+        return [_AUTO_AUGMENT[name](t)]
+    if name == "RandomErasing":
+        value = getattr(t, "value", 0.0)
+        return [ops.RandomErasing(t.p, t.scale, t.ratio, "random" if value is None else value)]
+    if name == "ImageClassification":  # torchvision's eval preset, weights.transforms()
+        return [
+            ops.Resize(t.resize_size, t.interpolation, None, t.antialias is not False),
+            ops.CenterCrop(t.crop_size),
+            ops.ToDtype(torch.float32, scale=True),
+            ops.Normalize(t.mean, t.std),
+        ]
     raise ValueError(f"{name} has no compiled equivalent")
+
+
+def _aa_fill(t) -> object:
+    fill = _fill(t)
+    return 0 if fill is None else fill
+
+
+def _policies(t) -> list:
+    """The sub-policies of a torchvision AutoAugment (v2 keeps them in ``_policies``)."""
+    return getattr(t, "_policies", None) or t.policies
+
+
+_AUTO_AUGMENT = {
+    "TrivialAugmentWide": lambda t: autoaugment.TrivialAugmentWide(
+        t.num_magnitude_bins, t.interpolation, _aa_fill(t)
+    ),
+    "RandAugment": lambda t: autoaugment.RandAugment(
+        t.num_ops, t.magnitude, t.num_magnitude_bins, t.interpolation, _aa_fill(t)
+    ),
+    "AutoAugment": lambda t: autoaugment.AutoAugment(_policies(t), t.interpolation, _aa_fill(t)),
+}
 
 
 def from_torchvision(pipeline) -> tuple[Compose, list[str]]:

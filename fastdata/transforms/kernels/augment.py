@@ -1,0 +1,265 @@
+"""Numba kernels of the AutoAugment family's operations on one uint8 HWC image, in place.
+
+Each operation is torchvision's (``torchvision.transforms.v2.functional`` on a uint8
+tensor), re-derived so that the arithmetic happens in the same precision and order:
+
+- point operations (Brightness, Color, Contrast, Posterize, Solarize, AutoContrast,
+  Equalize, Invert) compute in float32 and truncate to uint8, as torchvision's blend does;
+- Sharpness blurs with the 3x3 kernel ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13``, rounds the
+  blur, blends, and leaves the one-pixel border alone;
+- the geometric operations (ShearX/Y, TranslateX/Y, Rotate) sample with nearest
+  interpolation through the inverse affine matrix of
+  ``torchvision.transforms.functional._get_inverse_affine_matrix``, with the float32 grid
+  of ``_affine_grid`` and ``grid_sample(align_corners=False)``; pixels that map outside
+  the image get ``fill``. Rotations by 180 degrees (and by 90/270 on square images) are
+  exact transpositions, as in torchvision.
+
+``apply_op(img, op, magnitude, fill, scratch)`` is the one entry point; ``op`` is an index
+into :data:`OPS`. All kernels release the GIL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["OPS", "apply_op", "affine_matrix"]
+
+OPS = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+    "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+    "Invert",
+)  # fmt: skip
+_ID = {name: i for i, name in enumerate(OPS)}
+_GEOMETRIC = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
+
+
+def affine_matrix(op: str, magnitude: float, height: int, width: int) -> list[float]:
+    """The inverse affine matrix (6 floats) torchvision uses for a geometric ``op``."""
+    center = (0.0, 0.0)
+    angle, translate, shear = 0.0, (0.0, 0.0), (0.0, 0.0)
+    if op in ("ShearX", "ShearY"):
+        center = (-width * 0.5, -height * 0.5)  # torchvision shears about the top-left corner
+        s = math.degrees(math.atan(magnitude))
+        shear = (s, 0.0) if op == "ShearX" else (0.0, s)
+    elif op == "TranslateX":
+        translate = (float(int(magnitude)), 0.0)
+    elif op == "TranslateY":
+        translate = (0.0, float(int(magnitude)))
+    elif op == "Rotate":
+        angle = -(magnitude % 360)
+    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
+    (cx, cy), (tx, ty) = center, translate
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
+    m[2] += cx
+    m[5] += cy
+    return m
+
+
+def apply_op(
+    img: np.ndarray, op: int, magnitude: float, fill: np.ndarray, scratch: np.ndarray
+) -> None:
+    """Applies operation ``OPS[op]`` with ``magnitude`` to ``img`` (HWC uint8), in place.
+
+    Args:
+        img: C-contiguous ``(H, W, 3)`` uint8 image, overwritten.
+        op: index into :data:`OPS`.
+        magnitude: the operation's magnitude as torchvision passes it (already signed).
+        fill: ``(3,)`` uint8 value of pixels a geometric operation brings in from outside.
+        scratch: uint8 array of ``img``'s shape, used as temporary memory.
+    """
+    name = OPS[op]
+    h, w = img.shape[:2]
+    if name == "Identity":
+        return
+    if name in _GEOMETRIC:
+        if name == "Rotate":
+            angle = magnitude % 360
+            if angle == 0:
+                return
+            quarter = {180.0: 2, 90.0: 1, 270.0: 3}.get(float(angle)) if h == w or angle == 180 else None
+            if quarter is not None:
+                # torch.rot90 turns counter-clockwise in (H, W): the same as np.rot90.
+                scratch[:] = np.rot90(img, quarter)
+                img[:] = scratch
+                return
+        m = np.asarray(affine_matrix(name, magnitude, h, w), np.float32)
+        _affine_nearest(img, m, fill, scratch)
+        img[:] = scratch
+        return
+    if name == "Sharpness":
+        _sharpness(img, np.float32(1.0 + magnitude), scratch)
+        return
+    if name == "Posterize":
+        bits = int(magnitude)
+        if bits < 8:
+            _and(img, np.uint8(((1 << bits) - 1) << (8 - bits)))
+        return
+    _point(img, _ID[name], np.float32(magnitude))
+
+
+@njit(nogil=True, cache=True)
+def _affine_nearest(img, m, fill, out):
+    h, w = img.shape[0], img.shape[1]
+    hw, hh = np.float32(0.5 * w), np.float32(0.5 * h)
+    r00, r10, r20 = m[0] / hw, m[1] / hw, m[2] / hw
+    r01, r11, r21 = m[3] / hh, m[4] / hh, m[5] / hh
+    one, fw, fh = np.float32(1.0), np.float32(w), np.float32(h)
+    for y in range(h):
+        by = np.float32(y) - np.float32((h - 1) * 0.5)
+        for x in range(w):
+            bx = np.float32(x) - np.float32((w - 1) * 0.5)
+            gx = bx * r00 + by * r10 + r20
+            gy = bx * r01 + by * r11 + r21
+            ix = ((gx + one) * fw - one) / np.float32(2.0)
+            iy = ((gy + one) * fh - one) / np.float32(2.0)
+            sx, sy = int(np.rint(ix)), int(np.rint(iy))
+            if 0 <= sx < w and 0 <= sy < h:
+                for c in range(3):
+                    out[y, x, c] = img[sy, sx, c]
+            else:
+                for c in range(3):
+                    out[y, x, c] = fill[c]
+
+
+@njit(nogil=True, cache=True)
+def _and(img, mask):
+    flat = img.reshape(-1)
+    for i in range(flat.shape[0]):
+        flat[i] = flat[i] & mask
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _gray(r, g, b):
+    """torchvision's ``rgb_to_grayscale`` in float32, floored (uint8 input)."""
+    v = np.float32(r) * np.float32(0.2989) + np.float32(g) * np.float32(0.587)
+    return math.floor(v + np.float32(b) * np.float32(0.114))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _blend(v, other, ratio):
+    """``clamp(v * ratio + other * (1 - ratio), 0, 255)`` truncated, in float32."""
+    x = np.float32(v) * ratio + np.float32(other) * (np.float32(1.0) - ratio)
+    return np.uint8(min(max(x, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(nogil=True, cache=True)
+def _point(img, op, magnitude):
+    h, w = img.shape[0], img.shape[1]
+    factor = np.float32(1.0) + magnitude
+    if op == 7:  # Color (saturation): blend with the grayscale image
+        for y in range(h):
+            for x in range(w):
+                g = _gray(img[y, x, 0], img[y, x, 1], img[y, x, 2])
+                for c in range(3):
+                    img[y, x, c] = _blend(img[y, x, c], g, factor)
+        return
+    if op == 13:
+        _equalize(img)
+        return
+    lut = np.empty((3, 256), np.uint8)
+    if op == 6:  # Brightness: blend with black
+        for v in range(256):
+            lut[:, v] = _blend(v, 0.0, factor)
+    elif op == 8:  # Contrast: blend with the grayscale image's mean
+        total = 0.0
+        for y in range(h):
+            for x in range(w):
+                total += _gray(img[y, x, 0], img[y, x, 1], img[y, x, 2])
+        mean = np.float32(total / (h * w))
+        for v in range(256):
+            lut[:, v] = _blend(v, mean, factor)
+    elif op == 11:  # Solarize: invert values >= 255 * magnitude
+        threshold = np.float32(255.0) * magnitude
+        for v in range(256):
+            lut[:, v] = 255 - v if np.float32(v) >= threshold else v
+    elif op == 14:  # Invert
+        for v in range(256):
+            lut[:, v] = 255 - v
+    elif op == 12:
+        _autocontrast_lut(img, lut)
+    _apply_lut(img, lut)
+
+
+@njit(nogil=True, cache=True)
+def _apply_lut(img, lut):
+    h, w = img.shape[0], img.shape[1]
+    for y in range(h):
+        for x in range(w):
+            for c in range(3):
+                img[y, x, c] = lut[c, img[y, x, c]]
+
+
+@njit(nogil=True, cache=True)
+def _autocontrast_lut(img, lut):
+    h, w = img.shape[0], img.shape[1]
+    lo = np.full(3, 255, np.int64)
+    hi = np.zeros(3, np.int64)
+    for y in range(h):
+        for x in range(w):
+            for c in range(3):
+                v = img[y, x, c]
+                lo[c], hi[c] = min(lo[c], v), max(hi[c], v)
+    for c in range(3):
+        if lo[c] == hi[c]:
+            for v in range(256):
+                lut[c, v] = v
+            continue
+        inv_scale = np.float32(hi[c] - lo[c]) * np.float32(1.0 / 255.0)
+        for v in range(256):
+            x = (np.float32(v) - np.float32(lo[c])) / inv_scale
+            lut[c, v] = np.uint8(min(max(x, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(nogil=True, cache=True)
+def _equalize(img):
+    """PIL's equalisation as torchvision computes it (``equalize_image``), per channel."""
+    h, w = img.shape[0], img.shape[1]
+    lut = np.empty(256, np.uint8)
+    for c in range(3):
+        hist = np.zeros(256, np.int64)
+        for y in range(h):
+            for x in range(w):
+                hist[img[y, x, c]] += 1
+        top = 255
+        while hist[top] == 0:
+            top -= 1
+        step = (h * w - hist[top]) // 255
+        if step == 0:
+            continue
+        lut[0] = 0
+        cum = 0
+        for k in range(255):
+            cum += hist[k]
+            lut[k + 1] = min(max((cum + step // 2) // step, 0), 255)
+        for y in range(h):
+            for x in range(w):
+                img[y, x, c] = lut[img[y, x, c]]
+
+
+@njit(nogil=True, cache=True)
+def _sharpness(img, factor, scratch):
+    h, w = img.shape[0], img.shape[1]
+    if h <= 2 or w <= 2:
+        return
+    scratch[:] = img
+    keep = np.float32(1.0) - factor
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            for c in range(3):
+                total = np.int64(scratch[y, x, c]) * 4
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        total += scratch[y + dy, x + dx, c]
+                blur = np.float32(np.rint(np.float32(total) / np.float32(13.0)))
+                v = np.float32(scratch[y, x, c])
+                out = v + (blur - v) * keep
+                img[y, x, c] = np.uint8(min(max(out, np.float32(0.0)), np.float32(255.0)))
