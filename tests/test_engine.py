@@ -304,6 +304,22 @@ def test_dropped_outputs_are_reused_and_kept_ones_never_overwritten():
         np.testing.assert_allclose(a, expect[y].numpy(), atol=1e-5)
 
 
+def test_a_short_last_batch_writes_into_a_pooled_full_batch():
+    """The end of an epoch must not fault in a fresh output beside the pooled ones."""
+    imgs = make_images(22, seed=12)  # batches of 4, 4, 4, 4, 4, 2
+    plan = FlipPlan()
+    with BatchEngine(plan, 4, num_threads=2) as engine:
+        seen = []
+        for x, y in engine.iterate(batches_of(imgs, 4)):
+            seen.append((x.untyped_storage().data_ptr(), x.clone(), y))
+            del x
+    pooled = {ptr for ptr, _, y in seen[:-1]}
+    assert seen[-1][0] in pooled and plan.reused == len(seen) - 1  # all but the first batch
+    expect = torch.from_numpy(reference(imgs, 0, 0, list(range(22)))).float()
+    for _, x, y in seen:
+        torch.testing.assert_close(x, expect[y], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_worker_processes_give_the_same_batches_and_errors(on_error):
     imgs = make_images(30, seed=12)

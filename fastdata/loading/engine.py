@@ -504,7 +504,7 @@ class BatchEngine:
         try:
             images = self.plan.finish(
                 buf[:n], device=self.device, memory_format=self.memory_format,
-                out=self._outputs.get(n),
+                out=self._output_for(n),
             )  # fmt: skip
             if isinstance(images, torch.Tensor) and shares_memory(images, buf):
                 images = images.clone(memory_format=self.memory_format)
@@ -517,6 +517,16 @@ class BatchEngine:
             ring.give_back(job.slot, self._on_cuda)
         collated = self.collate_extras(extras) if self.collate_extras else extras
         return images, collated
+
+    def _output_for(self, n: int) -> torch.Tensor | None:
+        """A pooled output for a batch of ``n`` samples: a free one of that size, else (a
+        short last batch) the leading slice of a free full-size one, so that the end of an
+        epoch does not fault in a fresh batch beside the pooled ones (NOTE [ Output reuse ])."""
+        out = self._outputs.get(n)
+        if out is None and n < self.batch_size:
+            full = self._outputs.get(self.batch_size)
+            out = None if full is None else full[:n]
+        return out
 
     def _replace_failed(self, job: _InFlight, out: np.ndarray, extras: list) -> None:
         """NOTE [ Skipping bad samples ]
