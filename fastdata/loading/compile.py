@@ -46,13 +46,16 @@ class CompiledFolder:
     transforms: list[str]
     batch_stage: bool = False
 
-    def refs(self, index_batches: Iterator[Sequence[int]]) -> Iterator[list[SampleRef]]:
+    def refs(
+        self, index_batches: Iterator[Sequence[int]], start: int = 0
+    ) -> Iterator[list[SampleRef]]:
         """Turns batches of dataset indices into batches of ``SampleRef``.
 
         Each sample's randomness index is its position in the epoch (0, 1, 2, ...), so a
-        sample drawn twice by a sampler with replacement still gets two augmentations.
+        sample drawn twice by a sampler with replacement still gets two augmentations;
+        ``start`` is the position of the first sample (a resumed epoch).
         """
-        position = 0
+        position = start
         samples, target_transform = self.samples, self.target_transform
         for indices in index_batches:
             batch = []
