@@ -101,10 +101,10 @@ def flat(batch) -> list:
 
 def assert_same(a: list, b: list) -> None:
     assert len(a) == len(b), f"{len(a)} batches, expected {len(b)}"
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
         fx, fy = flat(x), flat(y)
         assert len(fx) == len(fy), f"batch {i}"
-        for u, v in zip(fx, fy):
+        for u, v in zip(fx, fy, strict=True):
             same = torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v
             assert same, f"batch {i} differs: {x} != {y}"
 

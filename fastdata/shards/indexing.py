@@ -59,7 +59,7 @@ def build_index(urls: list[str], *, workers: int = 4, progress: bool = False) ->
             names it (``fastdata verify`` lists every problem).
     """
     names = [shard_name(u) for u in urls]
-    for url, name in zip(urls, names):
+    for url, name in zip(urls, names, strict=True):
         if not _is_remote(url) and not os.path.exists(url):
             raise FastdataError(f"shard {url!r}: no such file")
         try:
@@ -76,7 +76,7 @@ def build_index(urls: list[str], *, workers: int = 4, progress: bool = False) ->
             from tqdm import tqdm
 
             scans = tqdm(scans, total=len(urls), unit="shard", desc="indexing", file=sys.stderr)
-        for name, scan in zip(names, scans):
+        for name, scan in zip(names, scans, strict=True):
             _check_scan(scan)
             entries.append({"name": name, "count": scan.count, "bytes": scan.size, "sha256": scan.sha256})
     return {"num_samples": sum(e["count"] for e in entries), "shards": entries, "stats": {}}
