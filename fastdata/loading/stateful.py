@@ -22,7 +22,12 @@ and it keeps the loader a subclass of torch's ``DataLoader`` with torch's sample
 torch's batches, where subclassing ``StatefulDataLoader`` would replace the samplers and
 change the shuffle order. torchdata is therefore needed to save or load a state on this
 path (``pip install torchdata``; ``fastdata[resume]``); without it the loader is torch's
-own. ``compile=True`` needs no torchdata: its randomness is a pure function of the seed,
+own. The cost is torchdata's: with worker processes, each batch carries its worker's state
+and the loader keeps a snapshot per batch, which costs about a third more time per batch
+than torch's iterator when the samples are tiny (2 workers, 64 rows of 8 floats a batch);
+``snapshot_every_n_steps=N`` (torchdata's argument) takes a snapshot every N batches
+instead, and a state is then saved from the last snapshot and replayed up to the last
+batch. ``compile=True`` needs no torchdata: its randomness is a pure function of the seed,
 epoch and position, so its state is a few counters (``_CompiledIter`` in
 ``fastdata.loading.dataloader``).
 """
