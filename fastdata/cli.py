@@ -16,6 +16,7 @@ import sys
 COMMANDS = {
     "convert": "fastdata.convert.command",
     "verify": "fastdata.shards.verify",
+    "index": "fastdata.shards.indexing",
     "sample-data": "fastdata.tools.sample_data",
     "train": "fastdata.train.command",
     "show": "fastdata.pictures.gallery",

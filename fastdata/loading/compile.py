@@ -61,13 +61,16 @@ class CompiledFolder:
     batch_stage: bool = False
     mix: Any = None
 
-    def refs(self, index_batches: Iterator[Sequence[int]]) -> Iterator[list[SampleRef]]:
+    def refs(
+        self, index_batches: Iterator[Sequence[int]], start: int = 0
+    ) -> Iterator[list[SampleRef]]:
         """Turns batches of dataset indices into batches of ``SampleRef``.
 
         Each sample's randomness index is its position in the epoch (0, 1, 2, ...), so a
-        sample drawn twice by a sampler with replacement still gets two augmentations.
+        sample drawn twice by a sampler with replacement still gets two augmentations;
+        ``start`` is the position of the first sample (a resumed epoch).
         """
-        position = 0
+        position = start
         samples = self.samples
         for indices in index_batches:
             batch = []

@@ -43,6 +43,8 @@ from torch.utils.data import get_worker_info
 
 from fastdata.loading.compile import CompiledFolder, compile_folder
 from fastdata.loading.engine import ON_ERROR, BatchEngine, EngineStats
+from fastdata.loading.resume import is_stateful, stateful_index_sampler
+from fastdata.loading.stateful import TORCHDATA_HINT, stateful_iterator
 
 __all__ = ["DataLoader", "get_worker_info"]
 
@@ -53,6 +55,17 @@ SMALL_IMAGE_PIXELS = 64 * 64
 
 
 T_co = TypeVar("T_co", covariant=True)
+
+# State keys of the compiled path (NOTE [ Resuming the compiled path ]); the shared ones
+# are torchdata's.
+_GENERATOR_STATE = "_generator_state"
+_INDEX_SAMPLER_STATE = "_index_sampler_state"
+_SAMPLER_ITER_STATE = "_sampler_iter_state"
+_START_KEYS = (_GENERATOR_STATE, _INDEX_SAMPLER_STATE, _SAMPLER_ITER_STATE)
+_EPOCH = "_epoch"
+_BASE_SEED = "_base_seed"
+_NUM_YIELDED = "_num_yielded"
+_ITERATOR_FINISHED = "_iterator_finished"
 
 
 class DataLoader(torch.utils.data.DataLoader[T_co]):
@@ -73,6 +86,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         worker_mode: compiled path only: ``"threads"``, ``"processes"`` or ``"auto"``
             (processes for small images the batch-level stage does not cover, threads
             otherwise; NOTE [ Threads, not processes ] in ``fastdata.loading.engine``).
+        snapshot_every_n_steps: torchdata ``StatefulDataLoader``'s argument: how often
+            worker processes send their dataset state to the loader (NOTE [ Resuming ]).
     """
 
     def __init__(
@@ -100,6 +115,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         memory_format: torch.memory_format = torch.contiguous_format,
         on_error: str = "raise",
         worker_mode: str = "auto",
+        snapshot_every_n_steps: int | None = 1,
     ) -> None:
         super().__init__(
             dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
@@ -130,6 +146,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._stats = EngineStats()
         self._epoch = 0
         self._spare_engine: BatchEngine | None = None  # NOTE [ Buffers outlive the epoch ]
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.next_iter_state: dict | None = None  # a loaded state for the next iterator
+        self._initial_iter_for_state_dict = False  # NOTE [ Resuming ]
         if compile:
             self.compiled = self._compile()
 
@@ -166,20 +185,39 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         """Counters of the compiled path over all epochs (batches, samples, skips, waits)."""
         return self._stats
 
+    @property
+    def _index_sampler(self) -> Any:
+        """torch's index sampler, made resumable (NOTE [ Resumable torch samplers ])."""
+        sampler = self.__dict__.get("_resumable_sampler")
+        if sampler is None:
+            sampler = stateful_index_sampler(torch.utils.data.DataLoader._index_sampler.fget(self))
+            self.__dict__["_resumable_sampler"] = sampler
+        return sampler
+
     def __iter__(self) -> Any:
         hook = getattr(self.dataset, "__fastdata_iter__", None)
         if hook is not None:  # a dataset with its own batch path (ShardDataset)
             return hook(self)
-        if self.compiled is None:
-            batches = super().__iter__()
-            return batches if self.device is None else _moved(batches, self.device)
-        if self.persistent_workers and self._iterator is not None:
+        if self._initial_iter_for_state_dict:  # made by state_dict() before the first iter()
+            self._initial_iter_for_state_dict = False
+        elif self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
             self._iterator._reset(self)
-            return self._iterator
-        iterator = _CompiledIter(self)
-        if self.persistent_workers:
-            self._iterator = iterator
-        return iterator
+        else:
+            self._iterator = self._get_iterator()
+        if getattr(self._iterator, "_finished", False):  # a state saved at the end of an epoch
+            if self.persistent_workers and self.num_workers > 0:
+                self._iterator._reset(self)
+            else:
+                self._iterator = self._get_iterator()
+        batches = self._iterator
+        return batches if self.device is None or self.compiled is not None else _moved(batches, self.device)
+
+    def _get_iterator(self) -> Any:
+        """A new iterator for one epoch, resumed from ``next_iter_state`` when one was loaded."""
+        state, self.next_iter_state = self.next_iter_state, None
+        if self.compiled is not None:
+            return _CompiledIter(self, state)
+        return stateful_iterator(self, state)
 
     def __len__(self) -> int:
         """Batches per epoch; for a dataset with its own batch path (``ShardDataset``), the
@@ -189,20 +227,34 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         return super().__len__()
 
     def state_dict(self) -> dict:
-        """The dataset's iteration state (for datasets that have one, such as ShardDataset).
+        """The iteration state, to resume after the last batch delivered (NOTE [ Resuming ]).
 
-        Raises:
-            TypeError: the dataset keeps no iteration state.
+        For a dataset with its own batch path (``ShardDataset``), the dataset's state;
+        otherwise the state of the current (or next) iterator, with the keys of torchdata's
+        ``StatefulDataLoader``.
         """
-        if not hasattr(self.dataset, "state_dict"):
-            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to save")
-        return self.dataset.state_dict()
+        if getattr(self.dataset, "__fastdata_iter__", None) is not None:
+            if not hasattr(self.dataset, "state_dict"):
+                raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to save")
+            return self.dataset.state_dict()
+        if self._iterator is None:
+            self._iterator = self._get_iterator()
+            self._initial_iter_for_state_dict = True
+        if not hasattr(self._iterator, "state_dict"):
+            raise TypeError(f"saving a DataLoader's state needs torchdata: {TORCHDATA_HINT}")
+        return self._iterator.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores the dataset's iteration state saved by ``state_dict``."""
-        if not hasattr(self.dataset, "load_state_dict"):
-            raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to restore")
-        self.dataset.load_state_dict(state)
+        """Restores a state saved by ``state_dict`` (of this loader or a ``StatefulDataLoader``);
+        the next ``iter()`` resumes from it."""
+        if getattr(self.dataset, "__fastdata_iter__", None) is not None:
+            if not hasattr(self.dataset, "load_state_dict"):
+                raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to restore")
+            self.dataset.load_state_dict(state)
+            return
+        self._iterator = None  # persistent workers start again, from the loaded state
+        self._initial_iter_for_state_dict = False
+        self.next_iter_state = state or None
 
     def _take_engine(self) -> BatchEngine:
         """The engine of a finished epoch if one is spare, else a new one.
@@ -251,31 +303,96 @@ class _CompiledIter:
     Like torch's iterator, it draws a base seed from the loader's ``generator`` before the
     sampler draws its own, so the index order equals torch's for the same generator, and
     (with persistent workers) keeps that base seed across epochs.
+
+    NOTE [ Resuming the compiled path ]
+    A sample's augmentation is a pure function of the base seed, the epoch and its position
+    in the epoch (NOTE [ Per-sample randomness ] in ``fastdata.loading.engine``), so the
+    state is: the base seed, the epoch, the loader generator's state after the base seed
+    was drawn, the index sampler's state at the start of the epoch (before its first draw)
+    and the number of batches delivered. Restoring sets the generator and sampler back to
+    the start of the epoch and replays the sampler (indices only, nothing is decoded) up to
+    the next batch, whose samples get the positions they had. Batches the engine had
+    prefetched are not in the state, so they are made again after a restore.
     """
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader, state: dict | None = None) -> None:
         self._loader = loader
         self._engine: BatchEngine | None = loader._take_engine()
         self._base_seed: int | None = None
         self._batches: Iterator | None = None
-        self._reset(loader)
+        self._finished = False
+        self._reset(loader, state=state)
 
-    def _reset(self, loader: DataLoader, first_iter: bool = False) -> None:
+    def _reset(self, loader: DataLoader, first_iter: bool = False, state: dict | None = None) -> None:
         self._close()
-        index_batches = iter(loader._index_sampler)
-        if self._base_seed is None:
+        sampler = loader._index_sampler
+        index_batches = iter(sampler)
+        if state is None and self._base_seed is None:
             self._base_seed = int(
                 torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
             )
+        if state is None:
+            epoch, loader._epoch = loader._epoch, loader._epoch + 1
+            self._start = {
+                _GENERATOR_STATE: loader.generator.get_state() if loader.generator is not None else None,
+                _INDEX_SAMPLER_STATE: sampler.state_dict() if is_stateful(sampler) else None,
+                _SAMPLER_ITER_STATE: index_batches.state_dict() if is_stateful(index_batches) else None,
+            }
+            skip = 0
+        else:
+            self._check_state(state)
+            epoch, self._base_seed = state[_EPOCH], state[_BASE_SEED]
+            loader._epoch = epoch + 1
+            self._start = {key: state[key] for key in _START_KEYS}
+            index_batches = self._restore(loader, sampler, index_batches)
+            skip = state[_NUM_YIELDED]
+        self._epoch = epoch
+        position = 0
+        for _ in range(skip):  # replay the sampler up to the next batch
+            position += len(next(index_batches))
+        if state is not None and state[_ITERATOR_FINISHED]:
+            for _ in index_batches:  # the generator draws of the whole epoch, as torch's
+                pass
+        self._num_yielded = skip
+        self._finished = bool(state and state[_ITERATOR_FINISHED])
         self._len = len(loader)
         compiled = loader.compiled
-        epoch, loader._epoch = loader._epoch, loader._epoch + 1
-        self._epoch_no, self._batch_no = epoch, 0
         batches = self._engine.iterate(
-            compiled.refs(index_batches), epoch=epoch, seed=self._base_seed
+            compiled.refs(index_batches, start=position), epoch=epoch, seed=self._base_seed
         )
-        self._batches = batches
+        self._batches = None if self._finished else batches
         self._pin = loader.pin_memory and loader.device is None and torch.cuda.is_available()
+
+    def _restore(self, loader: DataLoader, sampler: Any, index_batches: Iterator) -> Iterator:
+        """Sets the generator and the index sampler back to the start of the saved epoch."""
+        start = self._start
+        if start[_GENERATOR_STATE] is not None and loader.generator is not None:
+            loader.generator.set_state(start[_GENERATOR_STATE])
+        if start[_INDEX_SAMPLER_STATE] is not None and is_stateful(sampler):
+            sampler.load_state_dict(start[_INDEX_SAMPLER_STATE])
+            index_batches = iter(sampler)
+        if start[_SAMPLER_ITER_STATE] is not None and is_stateful(index_batches):
+            index_batches.load_state_dict(start[_SAMPLER_ITER_STATE])
+        return index_batches
+
+    @staticmethod
+    def _check_state(state: dict) -> None:
+        missing = [key for key in (*_START_KEYS, _EPOCH, _BASE_SEED, _NUM_YIELDED) if key not in state]
+        if missing:
+            raise ValueError(
+                f"this state was not saved by a DataLoader(compile=True) (missing {missing}); "
+                "load it into a loader made with the same arguments as the one that saved it"
+            )
+
+    def state_dict(self) -> dict:
+        """The position after the last batch delivered (NOTE [ Resuming the compiled path ])."""
+        return {
+            **self._start,
+            _EPOCH: self._epoch,
+            _BASE_SEED: self._base_seed,
+            _NUM_YIELDED: self._num_yielded,
+            _ITERATOR_FINISHED: self._finished,
+        }
 
     def __iter__(self) -> _CompiledIter:
         return self
@@ -290,14 +407,15 @@ class _CompiledIter:
             images, labels = next(self._batches)
         except StopIteration:
             self._batches = None
+            self._finished = True
             if not self._loader.persistent_workers:
                 self._hand_back()
             raise
         mix = self._loader.compiled.mix
         if mix is not None:  # a pure function of (seed, epoch, batch), like the samples' draws
-            words = [self._base_seed & 0xFFFFFFFFFFFFFFFF, self._epoch_no, self._batch_no, 0x6D6978]
+            words = [self._base_seed & 0xFFFFFFFFFFFFFFFF, self._epoch, self._num_yielded, 0x6D6978]
             images, labels = mix(images, labels, np.random.default_rng(words))
-        self._batch_no += 1
+        self._num_yielded += 1
         if self._pin:
             images, labels = images.pin_memory(), labels.pin_memory()
         return [images, labels]

@@ -186,10 +186,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return None
         if any("://" in u or u.startswith("pipe:") for u in self.urls):
             raise FastdataError(
-                "equal batches on every rank need each shard's sample count: write the shards "
-                "with `fastdata convert` (which writes an index) and pass index=<its URL>"
+                "equal batches on every rank need each shard's sample count: these remote shards "
+                "have no index; make one with `fastdata index SHARDS -o shards.index.json` (or "
+                "write the shards with `fastdata convert`) and pass index=<its path or URL>"
             )
-        warnings.warn("no index beside the shards: counting their samples (fastdata.ShardWriter and `fastdata convert` write one)", stacklevel=3)
+        warnings.warn("no index beside the shards: counting their samples (`fastdata index SHARDS` "
+                      "writes one; fastdata.ShardWriter and `fastdata convert` do too)", stacklevel=3)
         return [sum(1 for _ in iter_samples([u], fields=set())) for u in self.urls]
 
     def __len__(self) -> int:
@@ -220,7 +222,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if not self._batch_path():
             raise TypeError(
                 "len() of a ShardDataset needs each shard's sample count: these shards are remote "
-                "and have no index; pass index=<URL of the index> (`fastdata convert` writes one)"
+                "and have no index; make one with `fastdata index SHARDS -o shards.index.json` "
+                "and pass index=<its path or URL>"
             )
         return self.counts()  # type: ignore[return-value]
 

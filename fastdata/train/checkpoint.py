@@ -60,7 +60,8 @@ def plain(value: object) -> object:
 
 def _loader_state(loader: object) -> dict | None:
     """The loader's iteration state, or None when it keeps none (``fastdata.DataLoader``
-    raises TypeError for a dataset without state; torch's DataLoader has no state_dict)."""
+    raises TypeError when it cannot save one, e.g. without torchdata; torch's DataLoader has
+    no state_dict)."""
     if not hasattr(loader, "state_dict"):
         return None
     try:
