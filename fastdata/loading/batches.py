@@ -112,23 +112,20 @@ class BatchStream:
         self.cache = _Cache(ds.urls, _uses(schedule, first, len(ds.urls)))
         self.rngs = SampleRng(ds.seed, epoch, rank, 0)
         self.key = param_key(ds.seed, epoch, rank)
-        self._cap = ds_batch(schedule)
-        self.direct = (  # NOTE [ Float batches in flight ]
+        self.direct = (
             self.plan is not None and self.device is None and self.plan.dtype != torch.uint8
-            and self._output_bytes(ds) <= DIRECT_MAX_BYTES
         )
         self.nchw = memory_format != torch.channels_last
         self._layouts: dict[tuple[int, str], Any] = {}
         self._local = threading.local()
         self._ring: BatchRing | None = None
         self._outputs = _output_pool(ds, self.ahead + 2, memory_format)
+        self._cap = ds_batch(schedule)
         if self.plan is not None:
             shape = tuple(int(v) for v in ds._image_shape())
             self.shape = shape
             if self.direct:  # NOTE [ Output reuse ]: what is in flight, and the consumer's
                 self._outputs.reserve(self.ahead + 1, self._cap, self._new_output)
-            elif self.device is None:  # the consumer's, and the one being converted
-                self._outputs.reserve(2, self._cap, self._new_output)
             pin = (
                 self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
             )
@@ -190,13 +187,6 @@ class BatchStream:
             fut = pool.submit(self._job, b, out)
         return b, fut, (out if self.direct else None), slot
 
-    def _output_bytes(self, ds: Any) -> int:
-        """Bytes of one full output batch of the plan (0 without images)."""
-        if self.plan is None:
-            return 0
-        h, w, c = (int(v) for v in ds._image_shape())
-        return self._cap * h * w * c * torch.empty((), dtype=self.plan.dtype).element_size()
-
     def _new_output(self) -> torch.Tensor:
         shape = (self._cap, 3, *self.shape[:2])
         return torch.empty(shape, dtype=self.plan.dtype, memory_format=self.memory_format)
@@ -217,8 +207,7 @@ class BatchStream:
         buf = self._ring.tensors[slot]
         on_cuda = self.device is not None and self.device.type == "cuda"
         try:
-            out = None if self.device is not None else self._outputs.batch(n, self._cap, self._new_output)
-            images = self.plan.finish(buf[:n], device=self.device, memory_format=self.memory_format, out=out)
+            images = self.plan.finish(buf[:n], device=self.device, memory_format=self.memory_format)
             if images.data_ptr() == buf.data_ptr():
                 images = images.clone()
         finally:
@@ -495,16 +484,6 @@ def _output_pool(ds: Any, size: int, memory_format: torch.memory_format) -> Outp
         key = (str(memory_format), str(getattr(ds.plan, "dtype", None)), size)
         return pools.setdefault(key, OutputPool(size))
 
-
-# NOTE [ Float batches in flight ]
-# On the CPU the workers write the final float batches themselves (``direct``): for raw
-# pixels one kernel goes from the shard's bytes to normalised floats, the cheapest path.
-# But every batch in flight is then a float batch, ``num_workers * prefetch`` of them plus
-# the consumer's: for 256 crops of 224x224 that is 5 x 154 MB. Above this size per batch
-# the workers write uint8 batches into a ring (38.5 MB each) and the consumer's thread
-# converts each into one of two pooled float batches when it takes it, as the compiled
-# DataLoader does (NOTE [ Where the memory goes ] in ``fastdata.loading.buffers``).
-DIRECT_MAX_BYTES = 32 << 20
 
 _IDENTITY = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
 
