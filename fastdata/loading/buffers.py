@@ -13,6 +13,30 @@ The consumer never sees a ring buffer: if ``finish`` returns a tensor sharing it
 (a plan with nothing to convert), the engine copies it first. This is the race SPDL
 documents with the caching allocator: reusing a pinned buffer while an asynchronous copy
 still reads it corrupts the batch silently.
+
+NOTE [ Where the memory goes ]
+Measured on the ImageNet-like benchmark (256 crops of 224x224 per batch, float32 output on
+the CPU, 2 workers; PSS of the process tree, so pages shared with forked workers count
+once), the compiled DataLoader's peak is made of:
+- the imports: torch and torchvision alone are 470-520 MiB of PSS (torch's DataLoader
+  pays the same), fastdata's transforms and Numba 35-40 MiB more;
+- the ring: ``prefetch_factor + 1`` uint8 batches of 38.5 MB (115 MB);
+- the float32 outputs: 154 MB each, two of them in the steady state: the batch the
+  consumer still holds while it asks for the next one, and the one ``finish`` writes
+  (the pool of NOTE [ Output reuse ] hands the consumer's previous batch back).
+That is about 1,000-1,060 MiB against 1,100-1,200 for torch's DataLoader, whose four
+prefetched float32 batches (616 MB) sit in shared memory. A short last batch used to add a
+third float32 output (131 MB more at the end of every epoch); it now writes into a slice of
+a pooled one. Half of torch's figure is below what the imports and one float32 batch take
+on their own: going further means handing the consumer uint8 batches and converting on its
+device, which the loaders do when ``device=`` is given. The shard batch path
+(``fastdata.loading.batches``) writes its float32 outputs in the worker threads, so its
+``num_workers * prefetch`` batches in flight are float32: 770 MB at these sizes (peak PSS
+about 1,500 MiB). Writing them as uint8 and converting in the consumer's thread, as the
+compiled DataLoader does, brought that to 1,196 MiB but cost 13% of the throughput (1,188
+against 1,367 samples/s, ``bench_stream.py --workloads imagenet --reps 3``, same machine,
+one after the other): the workers' conversion reads a per-thread scratch batch that is
+still in cache, the consumer's reads 38.5 MB back from memory. So the workers convert.
 """
 
 from __future__ import annotations
