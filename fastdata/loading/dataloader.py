@@ -203,6 +203,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         elif self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
             self._iterator._reset(self)
         else:
+            # Drop the last epoch's iterator first: if nobody else holds it, its idle engine
+            # goes back to the loader for the new one (NOTE [ Buffers outlive the epoch ]).
+            self._iterator = None
             self._iterator = self._get_iterator()
         if getattr(self._iterator, "_finished", False):  # a state saved at the end of an epoch
             if self.persistent_workers and self.num_workers > 0:
