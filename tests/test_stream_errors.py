@@ -177,3 +177,17 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_fields_only_batch_that_cannot_be_filled_names_the_shard(tmp_path):
+    """Streaming path, no images: a batch whose every sample fails names its shard."""
+    from fastdata import ShardWriter
+
+    with ShardWriter(str(tmp_path / "s-%06d.tar"), maxcount=100, index=False) as sink:
+        for i in range(4):
+            sink.write({"__key__": f"k{i}", "cls": b"not-a-number"})
+    url = f"pipe:cat {tmp_path / 's-000000.tar'}"
+    ds = ShardDataset(url, fields=("cls",), on_error="skip")
+    with pytest.raises(DecodeError, match="every sample of a batch failed") as info:
+        list(ds.iter_batches(4, num_workers=0))
+    assert info.value.url == url and "k0" in str(info.value)
