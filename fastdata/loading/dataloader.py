@@ -32,7 +32,9 @@ workers' global RNGs, and worker processes are forked.
 
 from __future__ import annotations
 
+import copy
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -149,6 +151,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.next_iter_state: dict | None = None  # a loaded state for the next iterator
         self._initial_iter_for_state_dict = False  # NOTE [ Resuming ]
+        self._handed: weakref.ref | None = None  # NOTE [ The iterator the user holds ]
+        self._handed_token = 0
+        self._dropped_state: dict | None = None
         if compile:
             self.compiled = self._compile()
 
@@ -198,21 +203,25 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         hook = getattr(self.dataset, "__fastdata_iter__", None)
         if hook is not None:  # a dataset with its own batch path (ShardDataset)
             return hook(self)
+        persistent = self.persistent_workers and self.num_workers > 0
+        self._handed, self._dropped_state = None, None
         if self._initial_iter_for_state_dict:  # made by state_dict() before the first iter()
             self._initial_iter_for_state_dict = False
-        elif self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
+        elif persistent and self._iterator is not None:
             self._iterator._reset(self)
         else:
-            # Drop the last epoch's iterator first: if nobody else holds it, its idle engine
-            # goes back to the loader for the new one (NOTE [ Buffers outlive the epoch ]).
-            self._iterator = None
             self._iterator = self._get_iterator()
         if getattr(self._iterator, "_finished", False):  # a state saved at the end of an epoch
-            if self.persistent_workers and self.num_workers > 0:
+            if persistent:
                 self._iterator._reset(self)
             else:
                 self._iterator = self._get_iterator()
         batches = self._iterator
+        if not persistent:  # NOTE [ The iterator the user holds ]
+            self._iterator = None
+            self._handed_token += 1
+            batches = _Handed(self, batches, self._handed_token)
+            self._handed = weakref.ref(batches)
         return batches if self.device is None or self.compiled is not None else _moved(batches, self.device)
 
     def _get_iterator(self) -> Any:
@@ -240,12 +249,15 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             if not hasattr(self.dataset, "state_dict"):
                 raise TypeError(f"{type(self.dataset).__name__} keeps no iteration state to save")
             return self.dataset.state_dict()
-        if self._iterator is None:
-            self._iterator = self._get_iterator()
+        current = self._iterator if self._iterator is not None else (self._handed and self._handed())
+        if current is None and self._dropped_state is not None:
+            return copy.deepcopy(self._dropped_state)
+        if current is None:
+            current = self._iterator = self._get_iterator()
             self._initial_iter_for_state_dict = True
-        if not hasattr(self._iterator, "state_dict"):
+        if not hasattr(current, "state_dict"):
             raise TypeError(f"saving a DataLoader's state needs torchdata: {TORCHDATA_HINT}")
-        return self._iterator.state_dict()
+        return current.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state saved by ``state_dict`` (of this loader or a ``StatefulDataLoader``);
@@ -256,6 +268,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self.dataset.load_state_dict(state)
             return
         self._iterator = None  # persistent workers start again, from the loaded state
+        self._handed, self._dropped_state = None, None
         self._initial_iter_for_state_dict = False
         self.next_iter_state = state or None
 
@@ -440,6 +453,53 @@ class _CompiledIter:
     def __del__(self) -> None:
         if getattr(self, "_engine", None) is not None:
             self._hand_back()
+
+
+class _Handed:
+    """The iterator ``iter(loader)`` hands out when workers are not persistent.
+
+    NOTE [ The iterator the user holds ]
+    torch's DataLoader keeps no reference to a non-persistent iterator: when the user drops
+    it (a ``for`` loop that ends or breaks), its workers stop at once, with whatever they
+    had prefetched. torchdata's ``StatefulDataLoader`` keeps it, so that ``state_dict()``
+    after a ``break`` still describes the broken-off epoch; its workers then go on
+    prefetching and hold their memory until the next ``iter()``. This wrapper gives both:
+    the loader keeps only a weak reference, and when the user drops the iterator the
+    wrapper saves its state in the loader (``state_dict()`` returns it until the next
+    ``iter()`` or ``load_state_dict``) and releases it, which stops its workers (or hands
+    the compiled path's idle engine back) as torch's would.
+    """
+
+    def __init__(self, loader: DataLoader, inner: Any, token: int) -> None:
+        self._loader = weakref.ref(loader)
+        self._inner = inner
+        self._token = token
+
+    def __iter__(self) -> _Handed:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._inner)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("_inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __del__(self) -> None:
+        inner, self.__dict__["_inner"] = self.__dict__.get("_inner"), None
+        loader = self._loader() if "_loader" in self.__dict__ else None
+        if loader is None or inner is None or loader._handed_token != self._token:
+            return
+        if hasattr(inner, "state_dict"):
+            try:
+                loader._dropped_state = inner.state_dict()
+            except Exception:  # a broken iterator has no state to keep
+                loader._dropped_state = None
 
 
 def _moved(batches: Iterator, device: torch.device) -> Iterator:
