@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -252,6 +254,19 @@ def test_augmix_matches_torchvision_for_its_own_draws(kwargs):
         ours.mix(got, theirs.dirichlet[0].numpy(), theirs.dirichlet[1].numpy(), theirs.chains, np.empty_like(img))
         worst = max(worst, int(np.abs(got.astype(int) - expected.astype(int)).max()))
     assert worst <= 2
+
+
+def test_augmix_pickles_and_runs_as_one_step():
+    t = pickle.loads(pickle.dumps(FT.AugMix(severity=5, all_ops=False, fill=7)))
+    assert (t.severity, t.all_ops, t.fill, len(t._space)) == (5, False, (7, 7, 7), 9)
+    img = np.random.default_rng(13).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    out = FT.Compose([t])(img, rng=np.random.default_rng(1))
+    expected = img.copy()
+    t.augment(expected, np.random.default_rng(1), np.empty_like(img))
+    assert torch.equal(out, torch.from_numpy(expected).permute(2, 0, 1))
+    for bad in ({"severity": 0}, {"mixture_width": 0}, {"alpha": 0.0}, {"interpolation": "bilinear"}):
+        with pytest.raises(ValueError, match="AugMix|nearest"):
+            FT.AugMix(**bad)
 
 
 def test_augmix_mix_truncates_like_torch():

@@ -91,8 +91,12 @@ class AugMix(Transform):
         self.severity, self.mixture_width = int(severity), int(mixture_width)
         self.chain_depth, self.alpha, self.all_ops = int(chain_depth), float(alpha), bool(all_ops)
         self.fill = _fill(0 if fill is None else fill)
-        self._space = _ALL if self.all_ops else _PARTIAL
         self._bins: dict[tuple, list[float] | None] = {}
+
+    @property
+    def _space(self) -> Table:
+        # a property, not an attribute: the table's lambdas do not pickle (worker processes)
+        return _ALL if self.all_ops else _PARTIAL
 
     def magnitudes(self, op: str, height: int, width: int) -> list[float] | None:
         """The 10 magnitude bins of ``op`` for an image of ``height`` x ``width`` (cached)."""
