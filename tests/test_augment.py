@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,24 @@ def test_operation_matches_torchvision_pixels(op, magnitudes, shape):
         apply_op(ours, OPS.index(op), magnitude, np.zeros(3, np.uint8), np.empty_like(ours))
         diff = np.abs(ours.astype(int) - expected.permute(1, 2, 0).numpy().astype(int))
         assert diff.max() <= 2, (op, magnitude, diff.max())
+
+
+@pytest.mark.parametrize("op", ["Brightness", "Color", "Contrast", "Sharpness"])
+def test_blend_operations_round_like_torch(op):
+    """The blends take torch's ``1.0 - ratio`` in double precision and its fused
+    multiply-adds, so they agree to the pixel (AugMix chains amplify any one-level slip:
+    a later Solarize or Posterize turns it into a large one)."""
+    rng, reference = np.random.default_rng(12), v2.TrivialAugmentWide()
+    for magnitude in (-0.9, -0.2, 0.2, 0.9):
+        img = rng.integers(0, 256, (29, 38, 3), dtype=np.uint8)
+        chw = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        expected = reference._apply_image_or_video_transform(
+            chw, op, magnitude, interpolation=v2.InterpolationMode.NEAREST, fill=reference._fill
+        ).permute(1, 2, 0).numpy()
+        ours = img.copy()
+        apply_op(ours, OPS.index(op), magnitude, np.zeros(3, np.uint8), np.empty_like(ours))
+        diff = np.abs(ours.astype(int) - expected.astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (op, magnitude, (diff > 0).mean())
 
 
 def test_geometric_fill_matches_torchvision():
@@ -197,3 +217,109 @@ def test_pixel_step_after_geometry_only():
         FT.Compose([FT.TrivialAugmentWide(), FT.RandomResizedCrop(8)]).plan()
     with pytest.raises(ValueError, match="nearest"):
         FT.TrivialAugmentWide(interpolation="bilinear")
+
+
+class _RecordingAugMix(v2.AugMix):
+    """torchvision's AugMix, recording its own draws: the Dirichlet samples and each
+    chain's (operation, magnitude), a chain starting where the original image comes in."""
+
+    def _sample_dirichlet(self, params):
+        out = super()._sample_dirichlet(params)
+        self.dirichlet.append(out[0].clone())
+        return out
+
+    def _apply_image_or_video_transform(self, image, transform_id, magnitude, **kwargs):
+        if image.data_ptr() == self.original.data_ptr():
+            self.chains.append([])
+        self.chains[-1].append((OPS.index(transform_id), magnitude))
+        return super()._apply_image_or_video_transform(image, transform_id, magnitude, **kwargs)
+
+    def __call__(self, image):
+        self.dirichlet, self.chains, self.original = [], [], image
+        return super().__call__(image)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"severity": 10, "chain_depth": 2, "mixture_width": 4, "alpha": 0.5, "fill": [9, 200, 40]},
+                                    {"all_ops": False, "severity": 7, "alpha": 2.0}], ids=["default", "wide", "partial"])  # fmt: skip
+def test_augmix_matches_torchvision_for_its_own_draws(kwargs):
+    theirs = _RecordingAugMix(interpolation=v2.InterpolationMode.NEAREST, **kwargs)
+    ours = FT.AugMix(**kwargs)
+    rng, worst = np.random.default_rng(7), 0
+    for seed in range(12):
+        img = rng.integers(0, 256, (29, 38, 3), dtype=np.uint8)
+        torch.manual_seed(seed)
+        expected = theirs(torch.from_numpy(img).permute(2, 0, 1).contiguous()).permute(1, 2, 0).numpy()
+        assert len(theirs.chains) == ours.mixture_width
+        got = img.copy()
+        ours.mix(got, theirs.dirichlet[0].numpy(), theirs.dirichlet[1].numpy(), theirs.chains, np.empty_like(img))
+        worst = max(worst, int(np.abs(got.astype(int) - expected.astype(int)).max()))
+    assert worst <= 2
+
+
+def test_augmix_pickles_and_runs_as_one_step():
+    t = pickle.loads(pickle.dumps(FT.AugMix(severity=5, all_ops=False, fill=7)))
+    assert (t.severity, t.all_ops, t.fill, len(t._space)) == (5, False, (7, 7, 7), 9)
+    img = np.random.default_rng(13).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    out = FT.Compose([t])(img, rng=np.random.default_rng(1))
+    expected = img.copy()
+    t.augment(expected, np.random.default_rng(1), np.empty_like(img))
+    assert torch.equal(out, torch.from_numpy(expected).permute(2, 0, 1))
+    for bad in ({"severity": 0}, {"mixture_width": 0}, {"alpha": 0.0}, {"interpolation": "bilinear"}):
+        with pytest.raises(ValueError, match="AugMix|nearest"):
+            FT.AugMix(**bad)
+
+
+def test_augmix_mix_truncates_like_torch():
+    """The float mix becomes uint8 by truncation (torch's ``.to(uint8)``), not rounding."""
+    img = np.full((4, 5, 3), 101, np.uint8)
+    m, d = np.array([0.7, 0.3], np.float32), np.array([1.0], np.float32)
+    got = img.copy()
+    FT.AugMix(mixture_width=1).mix(got, m, d, [[(OPS.index("Invert"), 0.0)]], np.empty_like(img))
+    expected = (torch.tensor(0.7) * 101 + torch.tensor(1.0) * torch.tensor(0.3) * 154).to(torch.uint8)
+    assert (got == int(expected)).all() and int(expected) == int(0.7 * 101 + 0.3 * 154)  # 116.9 -> 116
+
+
+def test_augmix_magnitude_bins_are_torchvisions():
+    for all_ops in (True, False):
+        ours, theirs = FT.AugMix(all_ops=all_ops), v2.AugMix(all_ops=all_ops)
+        space = theirs._AUGMENTATION_SPACE if all_ops else theirs._PARTIAL_AUGMENTATION_SPACE
+        assert list(ours._space) == list(space)
+        for op, (fn, signed) in space.items():
+            expected, got = fn(10, 37, 53), ours.magnitudes(op, 37, 53)
+            assert ours._space[op][1] == signed and (got is None) == (expected is None)
+            if got is not None:
+                assert got == expected.tolist(), op
+
+
+def test_augmix_op_choice_depth_bins_and_signs():
+    t, rng, n = FT.AugMix(severity=4), np.random.default_rng(8), 4000
+    names = list(t._space)
+    ops, depths, bins, signs = np.zeros(len(names)), np.zeros(3), np.zeros(4), [0, 0]
+    for _ in range(n):
+        for chain in t.draw(rng, 32, 32)[2]:
+            depths[len(chain) - 1] += 1
+            for op, magnitude in chain:
+                ops[names.index(OPS[op])] += 1
+                if OPS[op] == "Rotate":  # bins 0, 10/3, 20/3, 10 degrees
+                    bins[int(round(abs(magnitude) / (30.0 / 9)))] += 1
+                    if magnitude != 0:
+                        signs[magnitude < 0] += 1
+    assert _chi2_uniform(ops) > 1e-3 and _chi2_uniform(depths) > 1e-3 and _chi2_uniform(bins) > 1e-3
+    assert stats.binomtest(signs[1], sum(signs), 0.5).pvalue > 1e-3
+    partial = FT.AugMix(all_ops=False, chain_depth=2, mixture_width=2)
+    drawn = [op for _ in range(300) for chain in partial.draw(rng, 32, 32)[2] for op, _ in chain]
+    assert len(drawn) == 300 * 2 * 2 and {OPS[op] for op in drawn} == set(partial._space)
+
+
+@pytest.mark.parametrize("alpha,width", [(1.0, 3), (0.4, 5)])
+def test_augmix_weights_are_beta_and_dirichlet(alpha, width):
+    t, rng, n = FT.AugMix(alpha=alpha, mixture_width=width, chain_depth=1), np.random.default_rng(9), 3000
+    draws = [t.draw(rng, 8, 8)[:2] for _ in range(n)]
+    m0 = [float(m[0]) for m, _ in draws]
+    d0 = [float(d[0]) for _, d in draws]
+    assert all(abs(float(m.sum()) - 1) < 1e-5 and abs(float(d.sum()) - 1) < 1e-5 for m, d in draws)
+    assert stats.kstest(m0, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+    assert stats.kstest(d0, stats.beta(alpha, (width - 1) * alpha).cdf).pvalue > 1e-3
+    torch.manual_seed(9)  # and torchvision's own sampler
+    theirs = torch._sample_dirichlet(torch.full((n, width), alpha))
+    assert stats.ks_2samp(d0, theirs[:, 0].numpy()).pvalue > 1e-3

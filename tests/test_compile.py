@@ -417,3 +417,19 @@ def test_image_classification_preset_compiles_and_matches(folder, recwarn):
         assert torch.equal(y, ry)
         err = (x - rx).abs() * torch.tensor(preset.std).view(1, 3, 1, 1) * 255
         assert err.mean() < 3
+
+
+def test_augmix_compiles_and_does_not_depend_on_workers(folder, recwarn):
+    base = [v2.RandomResizedCrop(24), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    aug = v2.AugMix(interpolation=v2.InterpolationMode.NEAREST)
+    ds = datasets.ImageFolder(folder, transform=v2.Compose([base[0], aug, *base[1:]]))
+    modes = [{"num_workers": 0}, {"num_workers": 2, "worker_mode": "threads"}, {"num_workers": 2, "worker_mode": "processes"}]
+    runs = [torch.cat([x for x, _ in run(ds, True, batch_size=7, **kw)]) for kw in modes]
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
+    assert "AugMix" in repr(DataLoader(ds, batch_size=7, compile=True))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    plain = torch.cat([x for x, _ in run(datasets.ImageFolder(folder, transform=v2.Compose(base)), True, batch_size=7)])
+    assert ((plain - runs[0]).abs().flatten(1).amax(1) > 0).all()
+    bilinear = datasets.ImageFolder(folder, transform=v2.Compose([base[0], v2.AugMix(), *base[1:]]))
+    with pytest.warns(UserWarning, match="AugMix.*nearest"):
+        assert DataLoader(bilinear, batch_size=7, compile=True).compiled is None

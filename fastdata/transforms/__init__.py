@@ -18,6 +18,7 @@ sampling rules and the crop/resize algebra, :mod:`.kernels` for the backends and
 :func:`from_torchvision` for converting existing torchvision pipelines.
 """
 
+from fastdata.transforms.augmix import AugMix
 from fastdata.transforms.autoaugment import AutoAugment, RandAugment, TrivialAugmentWide
 from fastdata.transforms.compose import Compose
 from fastdata.transforms.geometry import PlanError
@@ -41,6 +42,7 @@ from fastdata.transforms.plan import Plan, compile_pipeline
 from fastdata.transforms.tv import from_torchvision
 
 __all__ = [
+    "AugMix",
     "AutoAugment",
     "BatchMix",
     "CenterCrop",

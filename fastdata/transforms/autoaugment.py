@@ -1,4 +1,5 @@
-"""The AutoAugment family, declared: TrivialAugmentWide, RandAugment and AutoAugment.
+"""The AutoAugment family, declared: TrivialAugmentWide, RandAugment and AutoAugment
+(AugMix is in :mod:`fastdata.transforms.augmix`).
 
 Each is a ``"pixel"``-stage step: the plan applies it to the uint8 slot after the
 geometric stage, drawing the operation and its magnitude from the sample's generator
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from fastdata.transforms.kernels.augment import OPS
+from fastdata.transforms.kernels.augment import OPS, apply_op
 from fastdata.transforms.ops import Transform, _fill
 
 __all__ = ["AutoAugment", "RandAugment", "TrivialAugmentWide", "IMAGENET_POLICY"]
@@ -113,6 +114,12 @@ class _AutoAugmentBase(Transform):
     def draw(self, rng: np.random.Generator, height: int, width: int) -> list[tuple[int, float]]:
         """The operations for one sample: ``[(index into OPS, signed magnitude), ...]``."""
         raise NotImplementedError
+
+    def augment(self, img: np.ndarray, rng: np.random.Generator, scratch: np.ndarray) -> None:
+        """Applies the drawn operations to ``img`` (C-contiguous ``(H, W, 3)`` uint8), in place."""
+        fill = np.asarray(self.fill, np.uint8)
+        for op, magnitude in self.draw(rng, *img.shape[:2]):
+            apply_op(img, op, magnitude, fill, scratch)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -35,7 +35,7 @@ from fastdata.decode import roi
 from fastdata.decode.images import decode_image, image_format, image_size
 from fastdata.errors import DecodeError
 from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
-from fastdata.transforms.kernels import augment, cpu, normalize_lut, select_backend
+from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
 
 CHANNELS = 3
 
@@ -144,7 +144,8 @@ class Plan:
 
     def _check_pixel_order(self) -> None:
         """NOTE [ Pixel stage ]
-        The AutoAugment family (``stage == "pixel"``) runs on the uint8 slot after the
+        The AutoAugment family and AugMix (``stage == "pixel"``, each with an
+        ``augment(slot, rng, scratch)`` method) run on the uint8 slot after the
         whole geometric stage, drawing from the same per-sample generator after the crops
         and flips (:meth:`pixels_into`). That is the pipeline's own order only when no
         geometric step follows such a step, which is checked here.
@@ -183,12 +184,9 @@ class Plan:
         ``(H, W, 3)`` uint8 slot, in place, with operations drawn from ``rng``."""
         if not self.pixel_ops:
             return
-        h, w = out.shape[:2]
         scratch = np.empty_like(out)
         for t in self.pixel_ops:
-            fill = np.asarray(t.fill, np.uint8)
-            for op, magnitude in t.draw(rng, h, w):
-                augment.apply_op(out, op, magnitude, fill, scratch)
+            t.augment(out, rng, scratch)
 
     @property
     def has_batch_augment(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdata.transforms import autoaugment, ops
+from fastdata.transforms import augmix, autoaugment, ops
 from fastdata.transforms.compose import Compose
 
 _PASS_THROUGH = {"PILToTensor", "ToImage", "ToPureTensor"}
@@ -89,6 +89,9 @@ _AUTO_AUGMENT = {
         t.num_ops, t.magnitude, t.num_magnitude_bins, t.interpolation, _aa_fill(t)
     ),
     "AutoAugment": lambda t: autoaugment.AutoAugment(_policies(t), t.interpolation, _aa_fill(t)),
+    "AugMix": lambda t: augmix.AugMix(
+        t.severity, t.mixture_width, t.chain_depth, t.alpha, t.all_ops, t.interpolation, _aa_fill(t)
+    ),
 }
 
 

@@ -15,7 +15,8 @@ tensor), re-derived so that the arithmetic happens in the same precision and ord
   exact transpositions, as in torchvision.
 
 ``apply_op(img, op, magnitude, fill, scratch)`` is the one entry point; ``op`` is an index
-into :data:`OPS`. All kernels release the GIL.
+into :data:`OPS`. ``mix_start``, ``mix_add`` and ``mix_finish`` are AugMix's float32
+mixing (:mod:`fastdata.transforms.augmix`). All kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["OPS", "apply_op", "affine_matrix"]
+__all__ = ["OPS", "apply_op", "affine_matrix", "mix_start", "mix_add", "mix_finish"]
 
 OPS = (
     "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
@@ -95,15 +96,17 @@ def apply_op(
         _affine_nearest(img, m, fill, scratch)
         img[:] = scratch
         return
+    # torch's blends take ``alpha=1.0 - ratio`` in double precision, then round it to float32
+    factor, rest = 1.0 + magnitude, 1.0 - (1.0 + magnitude)
     if name == "Sharpness":
-        _sharpness(img, np.float32(1.0 + magnitude), scratch)
+        _sharpness(img, np.float32(rest), scratch)
         return
     if name == "Posterize":
         bits = int(magnitude)
         if bits < 8:
             _and(img, np.uint8(((1 << bits) - 1) << (8 - bits)))
         return
-    _point(img, _ID[name], np.float32(magnitude))
+    _point(img, _ID[name], np.float32(magnitude), np.float32(factor), np.float32(rest))
 
 
 @njit(nogil=True, cache=True)
@@ -138,29 +141,38 @@ def _and(img, mask):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _gray(r, g, b):
-    """torchvision's ``rgb_to_grayscale`` in float32, floored (uint8 input)."""
-    v = np.float32(r) * np.float32(0.2989) + np.float32(g) * np.float32(0.587)
-    return math.floor(v + np.float32(b) * np.float32(0.114))
+def _fma(a, b, c):
+    """``a * b + c`` rounded once to float32, as torch's vectorised ``add_(.., alpha=)``
+    computes it (a fused multiply-add; the float64 product of two float32 is exact)."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _blend(v, other, ratio):
-    """``clamp(v * ratio + other * (1 - ratio), 0, 255)`` truncated, in float32."""
-    x = np.float32(v) * ratio + np.float32(other) * (np.float32(1.0) - ratio)
+def _gray(r, g, b):
+    """torchvision's ``rgb_to_grayscale`` in float32, floored (uint8 input):
+    ``r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114)``."""
+    v = np.float32(r) * np.float32(0.2989)
+    v = _fma(np.float32(g), np.float32(0.587), v)
+    return math.floor(_fma(np.float32(b), np.float32(0.114), v))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _blend(v, other, ratio, rest):
+    """``clamp(v * ratio + other * rest, 0, 255)`` truncated, in float32 (``rest`` is
+    ``1 - ratio`` computed in double precision, as torch's ``add_(.., alpha=1.0 - ratio)``)."""
+    x = _fma(np.float32(other), rest, np.float32(v) * ratio)
     return np.uint8(min(max(x, np.float32(0.0)), np.float32(255.0)))
 
 
 @njit(nogil=True, cache=True)
-def _point(img, op, magnitude):
+def _point(img, op, magnitude, factor, rest):
     h, w = img.shape[0], img.shape[1]
-    factor = np.float32(1.0) + magnitude
     if op == 7:  # Color (saturation): blend with the grayscale image
         for y in range(h):
             for x in range(w):
                 g = _gray(img[y, x, 0], img[y, x, 1], img[y, x, 2])
                 for c in range(3):
-                    img[y, x, c] = _blend(img[y, x, c], g, factor)
+                    img[y, x, c] = _blend(img[y, x, c], g, factor, rest)
         return
     if op == 13:
         _equalize(img)
@@ -168,7 +180,7 @@ def _point(img, op, magnitude):
     lut = np.empty((3, 256), np.uint8)
     if op == 6:  # Brightness: blend with black
         for v in range(256):
-            lut[:, v] = _blend(v, 0.0, factor)
+            lut[:, v] = _blend(v, 0.0, factor, rest)
     elif op == 8:  # Contrast: blend with the grayscale image's mean
         total = 0.0
         for y in range(h):
@@ -176,7 +188,7 @@ def _point(img, op, magnitude):
                 total += _gray(img[y, x, 0], img[y, x, 1], img[y, x, 2])
         mean = np.float32(total / (h * w))
         for v in range(256):
-            lut[:, v] = _blend(v, mean, factor)
+            lut[:, v] = _blend(v, mean, factor, rest)
     elif op == 11:  # Solarize: invert values >= 255 * magnitude
         threshold = np.float32(255.0) * magnitude
         for v in range(256):
@@ -246,12 +258,11 @@ def _equalize(img):
 
 
 @njit(nogil=True, cache=True)
-def _sharpness(img, factor, scratch):
+def _sharpness(img, keep, scratch):
     h, w = img.shape[0], img.shape[1]
     if h <= 2 or w <= 2:
         return
     scratch[:] = img
-    keep = np.float32(1.0) - factor
     for y in range(1, h - 1):
         for x in range(1, w - 1):
             for c in range(3):
@@ -261,5 +272,32 @@ def _sharpness(img, factor, scratch):
                         total += scratch[y + dy, x + dx, c]
                 blur = np.float32(np.rint(np.float32(total) / np.float32(13.0)))
                 v = np.float32(scratch[y, x, c])
-                out = v + (blur - v) * keep
+                out = _fma(blur - v, keep, v)  # torch: view.add_(blur.sub_(view), alpha=keep)
                 img[y, x, c] = np.uint8(min(max(out, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(nogil=True, cache=True)
+def mix_start(acc, img, weight):
+    """``acc = weight * img`` in float32 (``acc`` float32, ``img`` uint8, same shape)."""
+    a, x = acc.reshape(-1), img.reshape(-1)
+    for i in range(a.shape[0]):
+        a[i] = weight * np.float32(x[i])
+
+
+@njit(nogil=True, cache=True)
+def mix_add(acc, img, weight):
+    """``acc += weight * img`` in float32, the product rounded before the sum (torch's
+    ``mix.add_(w * aug)``)."""
+    a, x = acc.reshape(-1), img.reshape(-1)
+    for i in range(a.shape[0]):
+        p = weight * np.float32(x[i])
+        a[i] = a[i] + p
+
+
+@njit(nogil=True, cache=True)
+def mix_finish(acc, out):
+    """``out = acc`` truncated towards zero to uint8, as torch's ``.to(torch.uint8)`` does
+    (clamped to [0, 255] first: a sum of convex weights may overshoot 255 by float error)."""
+    a, o = acc.reshape(-1), out.reshape(-1)
+    for i in range(a.shape[0]):
+        o[i] = np.uint8(min(max(a[i], np.float32(0.0)), np.float32(255.0)))
