@@ -149,7 +149,7 @@ def _show_pipeline(size: int, augment: bool):
     return T.Compose(geometry)
 
 
-def _at_least(low: int):
+def at_least(low: int):
     """An argparse type: an integer of at least ``low`` (argparse names the option)."""
 
     def parse(text: str) -> int:
@@ -169,8 +169,8 @@ def register(subparsers) -> None:
     """Adds ``fastdata show`` and ``fastdata stats``."""
     p = subparsers.add_parser("show", help="contact sheet of samples after the transforms")
     p.add_argument("shards", nargs="+", help="an index .json, or shard paths / brace patterns")
-    p.add_argument("-n", type=_at_least(1), default=32, help="samples to show (default 32)")
-    p.add_argument("--size", type=_at_least(1), default=160, help="output side of the crop (default 160)")
+    p.add_argument("-n", type=at_least(1), default=32, help="samples to show (default 32)")
+    p.add_argument("--size", type=at_least(1), default=160, help="output side of the crop (default 160)")
     p.add_argument(
         "--augment",
         action="store_true",
@@ -184,7 +184,7 @@ def register(subparsers) -> None:
         "stats", help="plot dataset statistics; print the mean/std for Normalize"
     )
     p.add_argument("shards", nargs="+", help="an index .json, or shard paths / brace patterns")
-    p.add_argument("--limit", type=_at_least(1), default=1000,
+    p.add_argument("--limit", type=at_least(1), default=1000,
                    help="images to decode, evenly spread over all shards (default 1000)")  # fmt: skip
     p.add_argument("-o", "--out", default="stats.png", help="PNG to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,26 +10,11 @@ from pathlib import Path
 from torch import nn
 
 from fastdata.errors import FastdataError
+from fastdata.pictures.gallery import at_least
 from fastdata.train.grid import format_table, grid_search, parse_grid
 from fastdata.train.loop import IMAGENET_MEAN, IMAGENET_STD, fit, make_loaders, write_report
 from fastdata.train.metrics import format_report
 from fastdata.train.models import build_model, freeze
-
-
-def _int_at_least(low: int):
-    """An argparse type: an integer of at least ``low`` (argparse names the option)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -51,17 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation shards or image folder (default: val.index.json beside a "
                    "train index; for a folder, 10%% of DATA held out)")
     p.add_argument("--model", default="resnet18", help="torchvision model name")
-    p.add_argument("--epochs", type=_int_at_least(1), default=3, help="total epochs (with --resume: up to this many)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="samples per batch")
+    p.add_argument("--epochs", type=at_least(1), default=3, help="total epochs (with --resume: up to this many)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate (cosine decay to 0)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimiser")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
-    p.add_argument("--image-size", type=_int_at_least(1), default=224, help="side of the square crops")
-    p.add_argument("--workers", type=_int_at_least(0), default=2, help="DataLoader worker processes")
-    p.add_argument("--steps-per-epoch", type=_int_at_least(1), help="stop each epoch after this many steps")
+    p.add_argument("--image-size", type=at_least(1), default=224, help="side of the square crops")
+    p.add_argument("--workers", type=at_least(0), default=2, help="DataLoader worker processes")
+    p.add_argument("--steps-per-epoch", type=at_least(1), help="stop each epoch after this many steps")
     p.add_argument("--checkpoint", help="local weights to start from (fine-tuning); no downloads")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only")
-    p.add_argument("--train-last", type=_int_at_least(0), default=0, metavar="N",
+    p.add_argument("--train-last", type=at_least(0), default=0, metavar="N",
                    help="with --freeze-backbone, also train the last N blocks")  # fmt: skip
     p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2",
                    help="grid search, e.g. --grid lr=1e-3,3e-4 batch_size=64,128")  # fmt: skip
