@@ -74,6 +74,112 @@ def test_geometric_fill_matches_torchvision():
     assert (ours == expected.permute(1, 2, 0).numpy()).mean() > 0.999
 
 
+GEOMETRIC = [
+    ("ShearX", [0.3, -0.99, 0.05]), ("ShearY", [0.2, -0.7]), ("TranslateX", [32.0, -14.0, 3.9]),
+    ("TranslateY", [-32.0, 21.0]), ("Rotate", [30.0, -135.0, 4.5, -17.3, 180.0]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("op,magnitudes", GEOMETRIC, ids=[c[0] for c in GEOMETRIC])
+@pytest.mark.parametrize("fill", [None, [10, 200, 30]], ids=["nofill", "fill"])
+def test_bilinear_geometric_matches_torchvision_pixels(op, magnitudes, fill):
+    """Bilinear ShearX/Y, TranslateX/Y and Rotate against ``v2.functional`` on uint8
+    tensors, with torchvision's fill mask (and without a fill: ``None`` is not 0)."""
+    from torchvision.transforms.v2._utils import _setup_fill_arg
+
+    rng, reference, worst, exact = np.random.default_rng(abs(hash((op, str(fill)))) % 2**32), v2.TrivialAugmentWide(), 0, []
+    ours_fill = np.zeros(0, np.uint8) if fill is None else np.array(fill, np.uint8)
+    for shape in ((48, 48), (31, 45)):
+        for magnitude in magnitudes:
+            img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            chw = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+            expected = reference._apply_image_or_video_transform(
+                chw, op, magnitude, interpolation=v2.InterpolationMode.BILINEAR, fill=_setup_fill_arg(fill)
+            ).permute(1, 2, 0).numpy()
+            ours = img.copy()
+            apply_op(ours, OPS.index(op), magnitude, ours_fill, np.empty_like(ours), bilinear=True)
+            diff = np.abs(ours.astype(int) - expected.astype(int))
+            worst, exact = max(worst, int(diff.max())), [*exact, (diff == 0).mean()]
+    assert worst <= 2 and min(exact) >= 0.999, (op, worst, min(exact))
+
+
+def test_bilinear_fill_matches_torchvision_v1():
+    """v1's blend ``v * mask + (1 - mask) * fill`` (rounded the same way)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F1
+
+    img = np.random.default_rng(4).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    chw = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    fill = [10.0, 200.0, 30.0]
+    expected = F1.rotate(chw, -23.0, interpolation=InterpolationMode.BILINEAR, fill=fill).permute(1, 2, 0).numpy()
+    ours = img.copy()
+    apply_op(ours, OPS.index("Rotate"), -23.0, np.array(fill, np.uint8), np.empty_like(img), bilinear=True)
+    diff = np.abs(ours.astype(int) - expected.astype(int))
+    assert diff.max() <= 2 and (diff == 0).mean() >= 0.999
+    assert (ours != img).mean() > 0.5  # the rotation did happen
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "BILINEAR", "v1", "v2"])
+def test_transforms_accept_bilinear(mode):
+    from torchvision.transforms import InterpolationMode as V1Mode
+
+    value = {"v1": V1Mode.BILINEAR, "v2": v2.InterpolationMode.BILINEAR}.get(mode, mode)
+    for t in (FT.TrivialAugmentWide(interpolation=value), FT.RandAugment(interpolation=value),
+              FT.AutoAugment(interpolation=value), FT.AugMix(interpolation=value)):  # fmt: skip
+        assert t.interpolation == "bilinear" and t.fill is None
+        t = pickle.loads(pickle.dumps(t))
+        assert t.interpolation == "bilinear"
+    converted, missing = FT.from_torchvision(v2.AugMix())
+    assert not missing and converted.transforms[-1].interpolation == "bilinear"
+    assert converted.transforms[-1].fill is None
+
+
+def test_bilinear_augment_uses_bilinear_kernel():
+    """A bilinear TrivialAugmentWide step applies the bilinear op to the pixel."""
+    t = FT.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR, fill=[5, 6, 7])
+    img = np.random.default_rng(8).integers(0, 256, (33, 40, 3), dtype=np.uint8)
+    rng = np.random.default_rng(2)
+    while True:
+        state = rng.bit_generator.state
+        ((op, magnitude),) = t.draw(rng, *img.shape[:2])
+        if OPS[op] in ("ShearX", "Rotate") and abs(magnitude) > 0.1:
+            break
+    rng.bit_generator.state = state
+    got = img.copy()
+    t.augment(got, rng, np.empty_like(img))
+    chw = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    expected = v2.TrivialAugmentWide()._apply_image_or_video_transform(
+        chw, OPS[op], magnitude, interpolation=v2.InterpolationMode.BILINEAR, fill={"others": [5.0, 6.0, 7.0]}
+    ).permute(1, 2, 0).numpy()
+    assert (got == expected).mean() >= 0.999
+
+
+@pytest.mark.parametrize("make", [lambda: v2.AugMix(), lambda: v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR)],
+                         ids=["AugMix", "TrivialAugmentWide"])  # fmt: skip
+def test_bilinear_loader_compiles_and_does_not_depend_on_workers(tmp_path, recwarn, make):
+    from PIL import Image
+    from torchvision import datasets
+
+    from fastdata import DataLoader
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (30 + i, 36, 3), dtype=np.uint8)).save(tmp_path / f"c{c}" / f"{i}.png")
+    tf = v2.Compose([v2.CenterCrop(24), make(), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    ds = datasets.ImageFolder(str(tmp_path), transform=tf)
+    runs = []
+    for workers in (0, 2):
+        dl = DataLoader(ds, batch_size=4, compile=True, num_workers=workers, generator=torch.Generator().manual_seed(3))
+        assert dl.compiled is not None
+        runs.append(torch.cat([x for x, _ in dl]))
+    assert not [w for w in recwarn if "could not compile" in str(w.message)]
+    assert torch.equal(runs[0], runs[1])
+    plain = torch.stack([v2.ToDtype(torch.float32, scale=True)(v2.PILToTensor()(v2.CenterCrop(24)(ds.loader(p)))) for p, _ in ds.samples])
+    assert (plain - runs[0]).abs().amax() > 0  # the augmentation did something
+
+
 @pytest.mark.parametrize(
     "ours,theirs,bins",
     [
@@ -215,8 +321,8 @@ def test_batch_mix_chooses_by_p():
 def test_pixel_step_after_geometry_only():
     with pytest.raises(FT.PlanError, match="before TrivialAugmentWide"):
         FT.Compose([FT.TrivialAugmentWide(), FT.RandomResizedCrop(8)]).plan()
-    with pytest.raises(ValueError, match="nearest"):
-        FT.TrivialAugmentWide(interpolation="bilinear")
+    with pytest.raises(ValueError, match="nearest and bilinear"):
+        FT.TrivialAugmentWide(interpolation="bicubic")
 
 
 class _RecordingAugMix(v2.AugMix):
@@ -264,8 +370,8 @@ def test_augmix_pickles_and_runs_as_one_step():
     expected = img.copy()
     t.augment(expected, np.random.default_rng(1), np.empty_like(img))
     assert torch.equal(out, torch.from_numpy(expected).permute(2, 0, 1))
-    for bad in ({"severity": 0}, {"mixture_width": 0}, {"alpha": 0.0}, {"interpolation": "bilinear"}):
-        with pytest.raises(ValueError, match="AugMix|nearest"):
+    for bad in ({"severity": 0}, {"mixture_width": 0}, {"alpha": 0.0}, {"interpolation": "bicubic"}):
+        with pytest.raises(ValueError, match="AugMix|nearest and bilinear"):
             FT.AugMix(**bad)
 
 

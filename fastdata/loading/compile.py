@@ -12,7 +12,7 @@ Compilable (README, "What compile=True covers"):
   transform); any ``target_transform`` (it runs on the labels in the main thread);
 - transforms: whatever ``fastdata.transforms.from_torchvision`` translates completely (v1
   and v2): resizes and crops, flips, ColorJitter(brightness), the AutoAugment family
-  (TrivialAugmentWide, RandAugment, AutoAugment, AugMix; nearest interpolation), ToTensor /
+  (TrivialAugmentWide, RandAugment, AutoAugment, AugMix; nearest or bilinear interpolation), ToTensor /
   ToDtype, Normalize, RandomErasing, and the ``ImageClassification`` eval preset that
   ``weights.transforms()`` returns;
 - ``collate_fn``: torch's ``default_collate``, or a function whose whole body is

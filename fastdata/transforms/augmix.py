@@ -13,7 +13,14 @@ import numbers
 
 import numpy as np
 
-from fastdata.transforms.autoaugment import Table, _linspace, _nearest, _none, _posterize
+from fastdata.transforms.autoaugment import (
+    Table,
+    _fill_array,
+    _interpolation,
+    _linspace,
+    _none,
+    _posterize,
+)  # fmt: skip
 from fastdata.transforms.kernels.augment import OPS, apply_op, mix_add, mix_finish, mix_start
 from fastdata.transforms.ops import Transform, _fill
 
@@ -68,8 +75,9 @@ class AugMix(Transform):
         chain_depth: operations per chain; not positive: uniform in 1..3 per chain.
         alpha: the Dirichlet/Beta concentration (positive).
         all_ops: also use Brightness, Color, Contrast and Sharpness.
-        interpolation: ``"nearest"`` (the only one compiled; torchvision's default is
-            bilinear, so pass ``interpolation=InterpolationMode.NEAREST`` to it to compile).
+        interpolation: ``"nearest"`` or ``"bilinear"`` (or an ``InterpolationMode``), for
+            the geometric operations; default nearest (torchvision's default is bilinear:
+            :func:`~fastdata.transforms.tv.from_torchvision` reads it from the object).
         fill: value (number or RGB triple) of pixels brought in by a geometric operation.
     """
 
@@ -79,7 +87,7 @@ class AugMix(Transform):
         self, severity: int = 3, mixture_width: int = 3, chain_depth: int = -1, alpha: float = 1.0,
         all_ops: bool = True, interpolation="nearest", fill=None,
     ) -> None:  # fmt: skip
-        _nearest(interpolation)
+        self.interpolation = _interpolation(interpolation)
         if not isinstance(severity, numbers.Integral) or not 1 <= severity <= _PARAMETER_MAX:
             raise ValueError(f"AugMix: severity must be an int in [1, {_PARAMETER_MAX}], got {severity!r}")
         if not isinstance(mixture_width, numbers.Integral) or mixture_width < 1:
@@ -90,7 +98,7 @@ class AugMix(Transform):
             raise ValueError(f"AugMix: alpha must be positive, got {alpha!r}")
         self.severity, self.mixture_width = int(severity), int(mixture_width)
         self.chain_depth, self.alpha, self.all_ops = int(chain_depth), float(alpha), bool(all_ops)
-        self.fill = _fill(0 if fill is None else fill)
+        self.fill = None if fill is None else _fill(fill)  # None: torchvision's no-fill
         self._bins: dict[tuple, list[float] | None] = {}
 
     @property
@@ -142,7 +150,7 @@ class AugMix(Transform):
             m, d, chains: the draws (:meth:`draw`).
             scratch: uint8 array of ``img``'s shape, used as temporary memory.
         """
-        fill = np.asarray(self.fill, np.uint8)
+        fill, bilinear = _fill_array(self.fill), self.interpolation == "bilinear"
         m, d = np.asarray(m, np.float32), np.asarray(d, np.float32)
         acc = np.empty(img.shape, np.float32)
         work = np.empty_like(img)
@@ -150,7 +158,7 @@ class AugMix(Transform):
         for weight, chain in zip(d * m[1], chains, strict=True):
             work[:] = img
             for op, magnitude in chain:
-                apply_op(work, op, magnitude, fill, scratch)
+                apply_op(work, op, magnitude, fill, scratch, bilinear)
             mix_add(acc, work, weight)
         mix_finish(acc, img)
 

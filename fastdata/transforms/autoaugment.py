@@ -7,8 +7,8 @@ geometric stage, drawing the operation and its magnitude from the sample's gener
 depend on the number of workers. The operation names, magnitude bins and signs are
 torchvision's (``torchvision.transforms.v2._auto_augment``); the magnitudes are computed
 with the same float32 ``torch.linspace`` so that they are the same numbers. The pixels
-come from :mod:`fastdata.transforms.kernels.augment`. Only nearest interpolation (the
-default) is compiled.
+come from :mod:`fastdata.transforms.kernels.augment`; the geometric operations sample
+with nearest (the default) or bilinear interpolation.
 """
 
 from __future__ import annotations
@@ -81,10 +81,19 @@ IMAGENET_POLICY = (
 )  # fmt: skip
 
 
-def _nearest(interpolation) -> None:
-    name = getattr(interpolation, "value", interpolation)
-    if str(name).lower() != "nearest":
-        raise ValueError(f"only nearest interpolation is compiled, got {interpolation!r}")
+def _interpolation(interpolation) -> str:
+    """``"nearest"`` or ``"bilinear"`` from a string or a v1/v2 ``InterpolationMode``."""
+    name = str(getattr(interpolation, "value", interpolation)).lower()
+    if name not in ("nearest", "bilinear"):
+        raise ValueError(
+            f"only nearest and bilinear interpolation are compiled, got {interpolation!r}"
+        )
+    return name
+
+
+def _fill_array(fill) -> np.ndarray:
+    """The kernels' fill: ``(3,)`` uint8, or empty for ``None`` (torchvision's no-fill)."""
+    return np.zeros(0, np.uint8) if fill is None else np.asarray(fill, np.uint8)
 
 
 class _AutoAugmentBase(Transform):
@@ -94,8 +103,10 @@ class _AutoAugmentBase(Transform):
     _space: Table = _RAND
 
     def __init__(self, interpolation="nearest", fill=None) -> None:
-        _nearest(interpolation)
-        self.fill = _fill(0 if fill is None else fill)
+        self.interpolation = _interpolation(interpolation)
+        # None stays None: with bilinear sampling torchvision's fill=None and fill=0 differ
+        # (NOTE [ Bilinear geometric operations ] in fastdata.transforms.kernels.augment)
+        self.fill = None if fill is None else _fill(fill)
         self._bins: dict[tuple, list[float] | None] = {}
 
     def magnitudes(self, op: str, bins: int, height: int, width: int) -> list[float] | None:
@@ -117,9 +128,9 @@ class _AutoAugmentBase(Transform):
 
     def augment(self, img: np.ndarray, rng: np.random.Generator, scratch: np.ndarray) -> None:
         """Applies the drawn operations to ``img`` (C-contiguous ``(H, W, 3)`` uint8), in place."""
-        fill = np.asarray(self.fill, np.uint8)
+        fill, bilinear = _fill_array(self.fill), self.interpolation == "bilinear"
         for op, magnitude in self.draw(rng, *img.shape[:2]):
-            apply_op(img, op, magnitude, fill, scratch)
+            apply_op(img, op, magnitude, fill, scratch, bilinear)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -131,7 +142,8 @@ class TrivialAugmentWide(_AutoAugmentBase):
 
     Args:
         num_magnitude_bins: number of magnitude bins (torchvision's default 31).
-        interpolation: ``"nearest"`` (the only one compiled).
+        interpolation: ``"nearest"`` or ``"bilinear"`` (or an ``InterpolationMode``), for
+            the geometric operations.
         fill: value (number or RGB triple) of pixels brought in by a geometric operation.
     """
 
@@ -160,7 +172,8 @@ class RandAugment(_AutoAugmentBase):
         num_ops: operations applied one after the other.
         magnitude: the bin index used for every operation.
         num_magnitude_bins: number of magnitude bins.
-        interpolation: ``"nearest"`` (the only one compiled).
+        interpolation: ``"nearest"`` or ``"bilinear"`` (or an ``InterpolationMode``), for
+            the geometric operations.
         fill: see :class:`TrivialAugmentWide`.
     """
 
@@ -195,7 +208,8 @@ class AutoAugment(_AutoAugmentBase):
     Args:
         policies: the sub-policies, pairs of ``(operation, probability, bin or None)``;
             default torchvision's ImageNet policy (:data:`IMAGENET_POLICY`).
-        interpolation: ``"nearest"`` (the only one compiled).
+        interpolation: ``"nearest"`` or ``"bilinear"`` (or an ``InterpolationMode``), for
+            the geometric operations.
         fill: see :class:`TrivialAugmentWide`.
     """
 

@@ -72,8 +72,11 @@ def _convert_one(t) -> list:
 
 
 def _aa_fill(t) -> object:
-    fill = _fill(t)
-    return 0 if fill is None else fill
+    """The AutoAugment family's fill, keeping ``None`` (it differs from 0 with bilinear)."""
+    fill = getattr(t, "fill", None)
+    if isinstance(fill, dict):
+        fill = fill.get("others", next(iter(fill.values()), None))
+    return fill
 
 
 def _policies(t) -> list:

@@ -7,14 +7,26 @@ tensor), re-derived so that the arithmetic happens in the same precision and ord
   Equalize, Invert) compute in float32 and truncate to uint8, as torchvision's blend does;
 - Sharpness blurs with the 3x3 kernel ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13``, rounds the
   blur, blends, and leaves the one-pixel border alone;
-- the geometric operations (ShearX/Y, TranslateX/Y, Rotate) sample with nearest
-  interpolation through the inverse affine matrix of
+- the geometric operations (ShearX/Y, TranslateX/Y, Rotate) sample with nearest or
+  bilinear interpolation through the inverse affine matrix of
   ``torchvision.transforms.functional._get_inverse_affine_matrix``, with the float32 grid
   of ``_affine_grid`` and ``grid_sample(align_corners=False)``; pixels that map outside
   the image get ``fill``. Rotations by 180 degrees (and by 90/270 on square images) are
   exact transpositions, as in torchvision.
 
-``apply_op(img, op, magnitude, fill, scratch)`` is the one entry point; ``op`` is an index
+NOTE [ Bilinear geometric operations ]
+torchvision samples a float32 copy with ``grid_sample(mode="bilinear",
+padding_mode="zeros", align_corners=False)``; torch's CPU kernel unnormalises with
+``(g + 1) * (size / 2) - 0.5`` and sums ``nw_val * nw + ne_val * ne + sw_val * sw +
+se_val * se`` with fused multiply-adds (as its x86 build contracts them), and
+:func:`_affine_bilinear` does the same, so that the result is the same to the bit there.
+With a fill, torchvision samples an extra all-ones channel (the mask, the in-image share
+of the weights) and computes ``(v - fill) * mask + fill`` (v2; v1's ``v * mask + (1 -
+mask) * fill`` is the same up to float rounding); the sampled value is already darkened by
+the zero padding, so the fill is blended into a darkened border. Without a fill
+(``fill=None``) there is no mask. Both round half to even to uint8.
+
+``apply_op(img, op, magnitude, fill, scratch, bilinear)`` is the one entry point; ``op`` is an index
 into :data:`OPS`. ``mix_start``, ``mix_add`` and ``mix_finish`` are AugMix's float32
 mixing (:mod:`fastdata.transforms.augmix`). All kernels release the GIL.
 """
@@ -66,16 +78,20 @@ def affine_matrix(op: str, magnitude: float, height: int, width: int) -> list[fl
 
 
 def apply_op(
-    img: np.ndarray, op: int, magnitude: float, fill: np.ndarray, scratch: np.ndarray
-) -> None:
+    img: np.ndarray, op: int, magnitude: float, fill: np.ndarray, scratch: np.ndarray,
+    bilinear: bool = False,
+) -> None:  # fmt: skip
     """Applies operation ``OPS[op]`` with ``magnitude`` to ``img`` (HWC uint8), in place.
 
     Args:
         img: C-contiguous ``(H, W, 3)`` uint8 image, overwritten.
         op: index into :data:`OPS`.
         magnitude: the operation's magnitude as torchvision passes it (already signed).
-        fill: ``(3,)`` uint8 value of pixels a geometric operation brings in from outside.
+        fill: ``(3,)`` uint8 value of pixels a geometric operation brings in from outside,
+            or an empty array for torchvision's ``fill=None`` (black, and no fill mask
+            with bilinear sampling: NOTE [ Bilinear geometric operations ]).
         scratch: uint8 array of ``img``'s shape, used as temporary memory.
+        bilinear: sample the geometric operations bilinearly instead of nearest.
     """
     name = OPS[op]
     h, w = img.shape[:2]
@@ -93,7 +109,10 @@ def apply_op(
                 img[:] = scratch
                 return
         m = np.asarray(affine_matrix(name, magnitude, h, w), np.float32)
-        _affine_nearest(img, m, fill, scratch)
+        if bilinear:
+            _affine_bilinear(img, m, fill, scratch)
+        else:
+            _affine_nearest(img, m, fill if len(fill) else np.zeros(3, np.uint8), scratch)
         img[:] = scratch
         return
     # torch's blends take ``alpha=1.0 - ratio`` in double precision, then round it to float32
@@ -131,6 +150,59 @@ def _affine_nearest(img, m, fill, out):
             else:
                 for c in range(3):
                     out[y, x, c] = fill[c]
+
+
+@njit(nogil=True, cache=True)
+def _affine_bilinear(img, m, fill, out):
+    """Bilinear sampling as torch's CPU ``grid_sample(padding_mode="zeros",
+    align_corners=False)`` computes it in float32, then torchvision's fill and rounding
+    (NOTE [ Bilinear geometric operations ]). ``fill`` is ``(3,)`` uint8, or empty for
+    torchvision's ``fill=None`` (no mask: the zero padding alone)."""
+    h, w = img.shape[0], img.shape[1]
+    hw, hh = np.float32(0.5 * w), np.float32(0.5 * h)
+    r00, r10, r20 = m[0] / hw, m[1] / hw, m[2] / hw
+    r01, r11, r21 = m[3] / hh, m[4] / hh, m[5] / hh
+    one, zero, half = np.float32(1.0), np.float32(0.0), np.float32(0.5)
+    masked = fill.shape[0] > 0
+    f = np.zeros(3, np.float32)
+    if masked:
+        for c in range(3):
+            f[c] = np.float32(fill[c])
+    v = np.zeros(3, np.float32)
+    for y in range(h):
+        by = np.float32(y) - np.float32((h - 1) * 0.5)
+        for x in range(w):
+            bx = np.float32(x) - np.float32((w - 1) * 0.5)
+            gx = bx * r00 + by * r10 + r20
+            gy = bx * r01 + by * r11 + r21
+            ix = _fma(gx + one, hw, -half)  # torch's (g + 1) * size / 2 - 0.5, contracted
+            iy = _fma(gy + one, hh, -half)
+            fx, fy = np.float32(math.floor(ix)), np.float32(math.floor(iy))
+            ew = ix - fx
+            ee = one - ew
+            en = iy - fy
+            es = one - en
+            weights = (es * ee, es * ew, en * ee, en * ew)  # nw, ne, sw, se
+            x0, y0 = int(fx), int(fy)
+            # torch: nw_val * nw + ne_val * ne + sw_val * sw + se_val * se, the adds fused
+            # (values outside the image read as 0; the mask channel's values are 1)
+            inside = 0 <= x0 < w and 0 <= y0 < h
+            mask = weights[0] if inside else zero
+            for c in range(3):
+                v[c] = np.float32(img[y0, x0, c]) * weights[0] if inside else zero
+            for k in range(1, 4):
+                sx, sy = x0 + (k & 1), y0 + (k >> 1)
+                if 0 <= sx < w and 0 <= sy < h:
+                    wk = weights[k]
+                    mask = _fma(one, wk, mask)
+                    for c in range(3):
+                        v[c] = _fma(np.float32(img[sy, sx, c]), wk, v[c])
+            for c in range(3):
+                r = v[c]
+                if masked:  # v2: ``float_img.sub_(fill).mul_(mask).add_(fill)``
+                    r = (r - f[c]) * mask + f[c]
+                r = min(max(np.float32(np.rint(r)), zero), np.float32(255.0))
+                out[y, x, c] = np.uint8(r)
 
 
 @njit(nogil=True, cache=True)
