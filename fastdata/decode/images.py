@@ -164,7 +164,7 @@ def decode_image(
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
     kind, first_error = image_format(data), None
-    if _max_pixels[0] is not None:  # NOTE [ Pixel limit ]: before any pixel is allocated
+    if _max_pixels[0] is not None and kind != "jpeg":  # NOTE [ Pixel limit ] (JPEG: below)
         try:
             size = _header_size(data, url, key, field)
         except DecodeError:
@@ -173,7 +173,7 @@ def decode_image(
             check_pixels(*size, url=url, key=key, field=field)
     if kind == "jpeg":
         try:
-            return _decode_jpeg(data, reduce_to)
+            return _decode_jpeg(data, reduce_to, url, key, field)
         except ValueError as exc:
             # CMYK/YCCK and other exotic JPEGs: let Pillow try before giving up.
             first_error = exc
@@ -191,12 +191,17 @@ def decode_image(
         raise DecodeError(url, key, field, f"cannot decode image: {cause}") from cause
 
 
-def _decode_jpeg(data: bytes, reduce_to: tuple[int, int] | None) -> np.ndarray:
+def _decode_jpeg(
+    data: bytes, reduce_to: tuple[int, int] | None, url: str | None, key: str | None, field: str | None
+) -> np.ndarray:
+    """simplejpeg's decode after one header read: the pixel limit (NOTE [ Pixel limit ]), the
+    colour space and the DCT scaling all come from it. ``ValueError``: let Pillow try."""
     min_h, min_w = (0, 0) if reduce_to is None else (int(reduce_to[0]), int(reduce_to[1]))
     if reduce_to is not None and (min_h < 1 or min_w < 1):
         raise ValueError(f"reduce_to must be two positive sizes, got {reduce_to!r}")
     factor = 1.0 if reduce_to is None else 2.0
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    check_pixels(height, width, url=url, key=key, field=field)
     if colorspace in ("CMYK", "YCCK"):
         # simplejpeg's CMYK->RGB differs from Pillow's (which torchvision's
         # loader uses) by up to 2/255; Pillow decodes these (rare) files instead.

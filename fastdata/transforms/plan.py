@@ -26,6 +26,7 @@ resampling in float by the uint8 rounding only (at most 0.5/255).
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +39,7 @@ from fastdata.transforms.geometry import PAD_MODES, Geometry, PlanError
 from fastdata.transforms.kernels import cpu, normalize_lut, select_backend
 
 CHANNELS = 3
+_SCRATCH = threading.local()  # the pixel stage's scratch slot of each thread
 
 # NOTE [ Transforms declare, the plan runs them ]
 # The plan reads the steps of a pipeline through what they declare (``stage``, ``declare``,
@@ -184,7 +186,9 @@ class Plan:
         ``(H, W, 3)`` uint8 slot, in place, with operations drawn from ``rng``."""
         if not self.pixel_ops:
             return
-        scratch = np.empty_like(out)
+        scratch = getattr(_SCRATCH, "slot", None)
+        if scratch is None or scratch.shape != out.shape:  # one per thread, not per sample
+            scratch = _SCRATCH.slot = np.empty_like(out)
         for t in self.pixel_ops:
             t.augment(out, rng, scratch)
 
