@@ -34,6 +34,7 @@ from fastdata.convert.task import TaskSettings, clean_up, merge_parts
 from fastdata.errors import FastdataError
 from fastdata.shards.files import replace_into
 from fastdata.shards.index import write_index
+from fastdata.shards.verify import plural
 from fastdata.shards.writer import check_pattern
 
 ENGINES = ("local", "ray")
@@ -294,11 +295,6 @@ def run(args) -> int:
         return 130
     print(format_report(report))
     return 0
-
-
-def plural(n: int, noun: str) -> str:
-    """``"1 shard"``, ``"2 shards"``."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def format_report(report: ConvertReport) -> str:
