@@ -1,4 +1,4 @@
-"""The batch path: raw-pixel kernel against a NumPy reference, schedules as partitions."""
+"""The batch path: raw-pixel kernel against a NumPy reference, skips, output reuse."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from fastdata import transforms as T
 from fastdata.errors import ShardError
-from fastdata.loading.sampling import rank_batches, shard_order
-from fastdata.loading.schedule import epoch_schedule
 from fastdata.loading.shard_dataset import ShardDataset
 from fastdata.shards.writer import ShardWriter
 from fastdata.transforms.stages.raw import crop_spec, draw_params, param_key
@@ -114,28 +112,6 @@ def test_raw_kernel_with_odd_sample_shapes_falls_back_per_sample(tmp_path):
             top = int(round((h - 8) / 2.0))
             expect = torch.from_numpy(imgs[i][top : top + 8, 2:10]).permute(2, 0, 1).float() / 255
             torch.testing.assert_close(img, expect)
-
-
-@settings(max_examples=40, deadline=None)
-@given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=9), world=st.integers(1, 3), workers=st.integers(1, 3),
-       bs=st.integers(1, 7), seed=st.integers(0, 2**32), buffer=st.integers(0, 20), drop=st.booleans())  # fmt: skip
-def test_schedule_is_a_partition_with_equal_batches(counts, world, workers, bs, seed, buffer, drop):
-    order = shard_order(len(counts), seed=seed, epoch=1, shuffle=True)
-    taken, lengths = [], []
-    for rank in range(world):
-        s = epoch_schedule(counts, order, seed=seed, epoch=1, rank=rank, world_size=world, num_workers=workers,
-                           batch_size=bs, drop_last=drop, shuffle=buffer > 0, buffer_size=buffer)  # fmt: skip
-        assert np.all(np.diff(s.starts) >= 1) and np.all(np.diff(s.starts) <= bs)
-        lengths.append(s.batches)
-        taken += list(zip(s.shard.tolist(), s.member.tolist(), strict=True))
-        assert all(0 <= m < counts[sh] for sh, m in taken)
-    assert len(set(taken)) == len(taken)  # disjoint, no repeats
-    per_rank = rank_batches(
-        counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=drop
-    )
-    assert lengths == [min(per_rank)] * world
-    if len(set(per_rank)) == 1 and not drop:
-        assert sorted(taken) == sorted((sh, m) for sh, c in enumerate(counts) for m in range(c))
 
 
 def test_corrupt_npy_header_is_skipped_and_counted(tmp_path):

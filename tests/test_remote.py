@@ -14,6 +14,7 @@ from shard_fixtures import digest, write_image_shards
 from fastdata import transforms as T
 from fastdata.errors import FastdataError, ShardError
 from fastdata.loading.shard_dataset import ShardDataset
+from fastdata.shards.index import write_index
 
 
 @pytest.fixture
@@ -49,9 +50,8 @@ def test_http_shards_through_fsspec_equal_local_ones(served):
     local, _ = write_image_shards(str(folder), 30, 7)
     remote = local.replace(str(folder), base)
     assert remote.startswith("http://127.0.0.1:")
-    # with the index, remote shards take the batch path as local ones do (read whole, same order)
+    # one order for every source: remote shards are read whole, the batches are the local ones
     assert batches(remote, index=f"{base}/train.index.json") == batches(local)
-    assert len(batches(remote)) == len(batches(local))  # no index: the streaming path
 
 
 def test_http_shards_with_a_remote_index_split_over_ranks(served):
@@ -65,11 +65,17 @@ def test_http_shards_with_a_remote_index_split_over_ranks(served):
     assert len(got[0]) == len(got[1]) > 0
 
 
-def test_remote_shards_without_index_on_several_ranks_say_how_to_fix(served):
+def test_remote_shards_without_index_say_how_to_make_one_or_build_it(served, monkeypatch):
+    pytest.importorskip("aiohttp")
     folder, base = served
-    local, _ = write_image_shards(str(folder), 10, 5)
-    with pytest.raises(FastdataError, match="index"):
-        batches(local.replace(str(folder), base), rank=0, world_size=2)
+    monkeypatch.setenv("FASTDATA_CACHE", str(folder / "cache"))
+    local, _ = write_image_shards(str(folder), 10, 5, index=False)
+    remote = local.replace(str(folder), base)
+    with pytest.raises(FastdataError, match="fastdata index SHARDS"):
+        batches(remote, rank=0, world_size=2)
+    assert batches(remote, index="build") == batches(local)  # read once, the index cached
+    built = list((folder / "cache" / "indexes").iterdir())
+    assert len(built) == 1 and built[0].name.endswith(".index.json")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -86,5 +92,7 @@ def test_missing_remote_shard_is_a_shard_error_naming_it(served):
     folder, base = served
     write_image_shards(str(folder), 10, 5)
     url = f"{base}/nope-000000.tar"
+    index = str(folder / "nope.index.json")
+    write_index(index, {"shards": [{"name": "nope-000000.tar", "count": 5}]})
     with pytest.raises(ShardError, match="nope-000000.tar"):
-        batches([url])
+        batches([url], index=index)

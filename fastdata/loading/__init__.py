@@ -5,10 +5,10 @@
 - :mod:`.engine`: the batch engine (worker threads or processes filling uint8 batch slots).
 - :mod:`.buffers`: the ring of uint8 batches and the pool of output batches.
 - :mod:`.shard_dataset`: ``ShardDataset``, an iterable dataset over shards.
-- :mod:`.sampling`, :mod:`.schedule`: shard order, the split over ranks and workers, and
-  each batch's list of samples.
-- :mod:`.batches`: the batch path over local, memory-mapped shards.
-- :mod:`.stream`, :mod:`.streamplan`: the streaming path over remote shards.
+- :mod:`.order`: the epoch model: one order per epoch, split over ranks, elastic state.
+- :mod:`.mix`: ``Mix``, weighted mixing of shard datasets on top of their orders.
+- :mod:`.batches`: whole batches from mapped or read shards, by index arithmetic.
+- :mod:`.planview`: a compiled plan as the batch maker calls it.
 - :mod:`.fields`: decoding and collating the non-image fields of a sample.
 
 Imports :mod:`fastdata.transforms`, :mod:`fastdata.decode`, :mod:`fastdata.shards` and

@@ -1,7 +1,8 @@
 """The batch path of ``ShardDataset``: whole shards in memory, batches made by index arithmetic.
 
-``BatchStream(dataset, schedule, ...)`` yields one epoch's ``(images, extras)`` from a
-``fastdata.loading.schedule.Schedule``. A pool of ``num_workers`` threads makes whole batches,
+``BatchStream(dataset, rows, ...)`` yields one epoch's ``(images, extras)`` from ``Rows``
+(which shard and sample each position of the rank's stream reads, computed from the
+epoch's order by ``fastdata.loading.order``). A pool of ``num_workers`` threads makes whole batches,
 at most ``ahead`` in flight; each batch job:
 
 1. takes the shards its samples live in from a shared cache (``fastdata.shards.shardmap``: mapped
@@ -28,6 +29,7 @@ import warnings
 import weakref
 from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,7 @@ from fastdata.errors import DecodeError, FastdataError, ShardError
 from fastdata.loading.buffers import BatchRing, OutputPool
 from fastdata.loading.engine import BATCH_STREAM, PIXEL_STREAM, EngineStats, SampleRng
 from fastdata.loading.fields import collate_field, decode_field
-from fastdata.loading.schedule import Schedule
+from fastdata.loading.planview import PlanView
 from fastdata.shards.shardmap import ShardMap, load_shard
 from fastdata.transforms.stages.raw import (
     affine_table,
@@ -49,9 +51,32 @@ from fastdata.transforms.stages.raw import (
     param_key,
 )
 
-__all__ = ["BatchStream"]
+__all__ = ["BatchStream", "Rows"]
 
 _POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One rank's stream of samples, cut into batches.
+
+    Attributes:
+        shard: int64 shard index (into the dataset's URL list) per stream position.
+        member: int64 sample number within that shard per position.
+        pos: int64 key of each position's randomness: its place in the epoch's order, the
+            same on every topology (NOTE [ One order, split by ranges ]).
+        starts: int64 batch boundaries: batch ``b`` is positions ``starts[b]:starts[b + 1]``.
+    """
+
+    shard: np.ndarray
+    member: np.ndarray
+    pos: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def batches(self) -> int:
+        """Number of batches."""
+        return len(self.starts) - 1
 
 
 class _Cache:
@@ -90,28 +115,29 @@ class BatchStream:
 
     Args:
         ds: the dataset (its plan, fields, image extensions, error policy, seed).
-        schedule: the rank's epoch.
-        epoch, rank: mixed into the randomness.
+        schedule: the rank's epoch (``Rows``).
+        epoch: mixed into the randomness, with each sample's ``Rows.pos``.
         first: the first batch to make (resumption).
         num_workers: batch threads (0: in the consumer's thread).
         device, memory_format: where and how the images go.
         timeout: seconds to wait for one batch (0: no limit).
         ahead: batches in flight.
         stats: counters to add to.
+        collate: collate the fields of a batch (else a list of values per field).
     """
 
-    def __init__(self, ds: Any, schedule: Schedule, *, epoch: int, rank: int, first: int, num_workers: int,
+    def __init__(self, ds: Any, schedule: Rows, *, epoch: int, first: int, num_workers: int,
                  device: Any, memory_format: torch.memory_format, timeout: float, ahead: int,
-                 stats: EngineStats) -> None:  # fmt: skip
-        self.ds, self.s, self.first = ds, schedule, first
+                 stats: EngineStats, collate: bool = True) -> None:  # fmt: skip
+        self.ds, self.s, self.first, self.collate = ds, schedule, first, collate
         self.workers, self.timeout, self.ahead = num_workers, timeout, max(1, ahead)
         self.stats = stats
         self.device = torch.device(device) if device is not None else None
         self.memory_format = memory_format
         self.plan = ds.plan
         self.cache = _Cache(ds.urls, _uses(schedule, first, len(ds.urls)))
-        self.rngs = SampleRng(ds.seed, epoch, rank, 0)
-        self.key = param_key(ds.seed, epoch, rank)
+        self.rngs = SampleRng(ds.seed, epoch, 0, 0)
+        self.key = param_key(ds.seed, epoch, 0)
         self.direct = (
             self.plan is not None and self.device is None and self.plan.dtype != torch.uint8
         )
@@ -148,6 +174,7 @@ class BatchStream:
         )
         inflight: deque[tuple[int, Future, Any, Any]] = deque()
         nxt = self.first
+        clean = False
         try:
             while inflight or nxt < self.s.batches:
                 while nxt < self.s.batches and len(inflight) < self.ahead:
@@ -160,17 +187,22 @@ class BatchStream:
                     images = self._finish(slot, len(extras[0]) if extras else None, b)
                 if getattr(self.plan, "has_batch_augment", False):  # RandomErasing
                     lo = int(self.s.starts[b])
-                    self.plan.augment_batch(images, lambda i, lo=lo: self.rngs.for_sample(lo + i, BATCH_STREAM))
+                    pos = self.s.pos
+                    self.plan.augment_batch(images, lambda i, lo=lo: self.rngs.for_sample(int(pos[lo + i]), BATCH_STREAM))
                 self.stats.wait_s += time.perf_counter() - t0
                 n = int(self.s.starts[b + 1] - self.s.starts[b])
                 self.stats.batches += 1
                 self.stats.samples += n
                 yield b, images, extras
+            clean = True
+        except GeneratorExit:  # the consumer stopped early: no job is stuck
+            clean = True
+            raise
         finally:
             for _, fut, _, _ in inflight:
                 fut.cancel()
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:  # after an error (a timeout) a stuck job is not waited for
+                pool.shutdown(wait=clean, cancel_futures=True)
 
     def _submit(self, pool, b: int) -> tuple[int, Future, Any, Any]:
         n = int(self.s.starts[b + 1] - self.s.starts[b])
@@ -247,6 +279,8 @@ class BatchStream:
         if errors:
             self._replace(errors, shard, member, maps, out, extras)
         kinds = list(self.ds.fields.items())
+        if not self.collate:  # single samples (torch's DataLoader): one value per row
+            return (out if self.direct else None), extras
         extras = [v if isinstance(v, torch.Tensor) else collate_field(kind, ext, v, self.ds.pad_value)
                   for v, (ext, kind) in zip(extras, kinds, strict=True)]  # fmt: skip
         return (out if self.direct else None), extras
@@ -304,7 +338,7 @@ class BatchStream:
                 layout = self._layouts[(s, ext)]
                 sel = rows[fast]
                 offsets = smap.fields[ext][0][member[sel]] + layout[0]
-                params = draw_params(layout[4], self.key, lo + sel)
+                params = draw_params(layout[4], self.key, self.s.pos[lo + sel])
                 gather_into(smap.data, offsets, layout[3], layout[1], layout[2], params, layout[4].fill, self.lut, arr,
                             self.nchw and self.direct, self.affine, sel)  # fmt: skip
                 rows = rows[~fast]
@@ -328,9 +362,7 @@ class BatchStream:
     def _per_sample(self, lo: int, rows: list[int], shard, member, maps, arr, errors: dict) -> None:
         if not rows:
             return
-        from fastdata.loading.streamplan import StreamPlan
-
-        plan = StreamPlan(self.plan, self.shape)
+        plan = PlanView(self.plan, self.shape)
         staged = getattr(self.plan, "has_batch_stage", False)
         tmp = self._scratch(len(rows)) if self.direct or staged else None
         done = []
@@ -340,7 +372,7 @@ class BatchStream:
             done = [k for k in todo if ok[k]]
             if getattr(self.plan, "has_pixel_stage", False):  # NOTE [ Pixel stage ]
                 for k in done:
-                    self.plan.pixels_into(tmp[k], self.rngs.for_sample(lo + rows[k], PIXEL_STREAM))
+                    self.plan.pixels_into(tmp[k], self.rngs.for_sample(int(self.s.pos[lo + rows[k]]), PIXEL_STREAM))
             if not self.direct:
                 for k in done:
                     arr[rows[k]] = tmp[k]
@@ -362,7 +394,7 @@ class BatchStream:
                 plan.sample_into(
                     src,
                     tmp[k] if self.direct else arr[r],
-                    self.rngs.for_sample(lo + r),
+                    self.rngs.for_sample(int(self.s.pos[lo + r])),
                     url=smap.url,
                     key=key,
                     field=field,
@@ -389,7 +421,7 @@ class BatchStream:
             smap, m = maps[int(shard[r])], int(member[r])
             field = next((e for e in self.ds.image if smap.view(e, m) is not None), None)
             sources.append(None if field is None or field.endswith("npy") else smap.view(field, m))
-        indices = [lo + r for r in rows]
+        indices = [int(self.s.pos[lo + r]) for r in rows]
         return np.asarray(self.plan.chunk_into(sources, indices, self.rngs.key, out), bool)
 
     def _field(self, ext: str, kind: str, shard, member, maps: dict, errors: dict) -> Any:
@@ -488,12 +520,12 @@ def _output_pool(ds: Any, size: int, memory_format: torch.memory_format) -> Outp
 _IDENTITY = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
 
 
-def ds_batch(schedule: Schedule) -> int:
+def ds_batch(schedule: Rows) -> int:
     """The largest batch of a schedule (ring buffers are allocated for it)."""
     return int(np.diff(schedule.starts).max()) if schedule.batches else 1
 
 
-def _uses(schedule: Schedule, first: int, n_shards: int) -> np.ndarray:
+def _uses(schedule: Rows, first: int, n_shards: int) -> np.ndarray:
     """Per shard, how many batches from ``first`` on read it (NOTE [ Shards in memory ])."""
     batch_of = np.repeat(np.arange(schedule.batches), np.diff(schedule.starts))
     pairs = np.unique(batch_of * n_shards + schedule.shard)

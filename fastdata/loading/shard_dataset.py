@@ -11,36 +11,29 @@ Usage::
     for epoch in range(epochs):
         for images, labels in loader:       # float NCHW batch, int64 labels
             ...
-        checkpoint = {"data": data.state_dict(), ...}   # at any batch
+        checkpoint = {"data": loader.state_dict(), ...}   # at any batch
 
-With ``fastdata.DataLoader`` (or ``iter_batches``) there are two ways to make batches:
+One way makes batches, for every shard source (local files, fsspec URLs, ``pipe:``): the
+epoch's order is computed in advance from the shards' sample counts
+(``fastdata.loading.order``: one order per epoch whatever the number of ranks and workers,
+cut into one contiguous stretch per rank), and worker threads build whole batches from the
+shards it names (``fastdata.loading.batches``: shards mapped or read whole and their tar
+headers scanned once, raw ``.npy`` pixels through one Numba kernel per batch, encoded
+images through the transform plan per sample). The counts come from the index beside
+local shards (or from counting local shards once); remote shards need an index: pass
+``index=PATH`` (``fastdata index SHARDS -o PATH`` writes one) or ``index="build"`` (read
+every shard once and keep the index in the cache folder).
 
-- the batch path (``fastdata.loading.batches``), used whenever the shards' sample counts are known
-  (an index, or local shards): each shard is mapped (local) or read whole and its tar
-  headers scanned once (``fastdata.shards.shardmap``), the rank's epoch is computed in advance as
-  index arithmetic (``fastdata.loading.schedule``: shuffling by windows of whole shards), and worker
-  threads build whole batches; raw ``.npy`` pixels go through one Numba kernel per batch
-  that crops, pads, flips and normalises (``fastdata.transforms.stages.raw``), encoded images through the
-  transform plan per sample, fed slices of the shard buffer;
-- the streaming path (``fastdata.loading.stream`` and the batch engine ``fastdata.loading.engine``), for
-  remote or ``pipe:`` shards without an index: reader threads per worker, a shuffle buffer,
-  decoding in a thread pool into a ring of uint8 batches.
+Given to torch's own ``DataLoader``, the dataset yields single samples of the same order
+(slowly, for compatibility), torch's workers taking every ``num_workers``-th sample.
 
-Given to torch's own ``DataLoader``, the dataset yields single samples (slowly, for
-compatibility). Splitting and equal batches per rank are described in
-``fastdata.loading.sampling``. Randomness (shard order, shuffle, augmentations) is a pure function
-of ``(seed, epoch, rank, worker, position)`` on both paths, though the two paths draw it
-differently (the same seed gives a different order and different crops on each).
-
-State (``state_dict()``), all small integers: ``epoch``, ``batches`` and ``samples``
-delivered this epoch, ``turn`` and ``limit`` (batches this epoch, None when unknown), plus
-``seed``, ``rank``, ``world_size``, ``num_workers``, ``batch_size``, ``shuffle``,
-``buffer_size``, ``drop_last`` and ``shards`` (a hash of the shard file names), checked on
-load: a state from a run with another order is refused, not resumed into other data. On
-the batch path that is all a resumed run needs (it recomputes the epoch's schedule and
-skips the delivered batches); on the streaming path ``slots[w]`` adds, per worker,
-``shard``, ``offset``, ``seen``, ``draws``, ``buffer`` (flat ``[shard_pos, offset, ...]`` of
-the buffered samples) and ``done``.
+State (``state_dict()``), small plain values: ``epoch``, the split of the epoch in effect
+(``intervals``, ``world_size``, ``batch_size``), ``batches`` delivered on each rank and
+``samples`` delivered on this rank, plus ``seed``, ``shuffle``, ``buffer_size``,
+``drop_last`` and ``shards`` (a hash of the shard file names), checked on load: a state
+from a run with another order is refused, not resumed into other data. The state may be
+loaded on any number of ranks and workers and with another batch size (NOTE [ Elastic
+resumption ] in ``fastdata.loading.order``).
 """
 
 from __future__ import annotations
@@ -48,9 +41,9 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
+import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -59,29 +52,26 @@ import torch
 import torch.utils.data
 
 from fastdata.errors import DecodeError, FastdataError
-from fastdata.loading.batches import BatchStream
-from fastdata.loading.engine import ON_ERROR, BatchEngine, EngineStats, SampleRng
+from fastdata.loading.batches import BatchStream, Rows
+from fastdata.loading.engine import ON_ERROR, EngineStats
 from fastdata.loading.fields import (
     IMAGE_FIELDS,
     collate_field,
-    decode_field,
     decode_npy,
     field_kinds,
     sample_field,
 )
-from fastdata.loading.sampling import Draws, assign, rank_batches, shard_order, slot_count
-from fastdata.loading.schedule import epoch_schedule
-from fastdata.loading.stream import Failed, Producer, SlotStream, StreamSpec, fresh_slot, merge
-from fastdata.loading.streamplan import StreamPlan, compile_plan
-from fastdata.shards.index import find_index, read_index
+from fastdata.loading.order import Split, epoch_order
+from fastdata.loading.planview import compile_plan
+from fastdata.shards.index import find_index, read_index, write_index
 from fastdata.shards.shardmap import load_shard
-from fastdata.shards.tario import iter_samples
 from fastdata.shards.urls import expand_urls, open_url
 
 __all__ = ["ShardDataset", "IMAGE_FIELDS"]
 
-_STATE_VERSION = 1
-_OPTIONAL_KEYS = ("shuffle", "buffer_size", "drop_last", "shards")
+_STATE_VERSION = 2
+_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "drop_last", "shards")
+_SAMPLE_CHUNK = 32  # samples a torch worker makes at once in __iter__
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
@@ -96,15 +86,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
             HWC (or CHW) uint8 pixels.
         fields: the other fields to deliver after the image, as a list of extensions
             (kinds by extension) or ``{ext: kind}`` (see ``fastdata.loading.fields``).
-        shuffle: shuffle the shard order and the samples (through a buffer) every epoch.
-        buffer_size: samples in the shuffle buffer.
-        seed: seeds shard order, buffer and augmentations.
+        shuffle: shuffle the shard order and the samples (in windows of whole shards of
+            at least ``buffer_size`` samples) every epoch.
+        buffer_size: samples of a shuffle window.
+        seed: seeds shard order, shuffle and augmentations.
         on_error: ``"raise"``, ``"skip"`` or ``"warn"`` for a bad sample or shard; skips
             are counted in ``stats`` and batches keep their size.
         rank: this process's rank; default from ``torch.distributed`` (0 without it).
         world_size: number of ranks; default from ``torch.distributed`` (1 without it).
-        drop_last: drop each worker's last partial batch.
-        index: path or URL of the shards' index (default: the one beside local shards).
+        drop_last: every rank gets only full batches (the rest of the epoch is dropped);
+            otherwise every sample comes once, a few repeated to even the ranks out
+            (NOTE [ Equal batches per rank ] in ``fastdata.loading.order``).
+        index: path or URL of the shards' index (default: the one beside local shards), or
+            ``"build"`` to read every shard once and cache the index it makes.
         pad_value: pad value of ``tokens`` fields.
 
     Raises:
@@ -149,9 +143,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.on_error, self.drop_last, self.pad_value = on_error, bool(drop_last), int(pad_value)
         self.index = index
         self._rank, self._world_size = rank, world_size
-        self._counts: list[int] | None | bool = False  # False: not looked up yet
+        self._counts: list[int] | None = None
         self._scan_errors: dict[int, Exception] = {}  # shards counted by scanning that broke off
         self._sample_shape: tuple[int, int, int] | None = None
+        self._order_cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
         self._epoch = 0
         self._resume: dict | None = None
         self._consumed: dict | None = None
@@ -168,124 +163,134 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def counts(self) -> list[int] | None:
-        """Samples per shard, from the index (or by counting local shards when several ranks need them)."""
-        if self._counts is False:
-            self._counts = self._look_up_counts()
-        return self._counts  # type: ignore[return-value]
+    def counts(self) -> list[int]:
+        """Samples per shard: from the index, or by counting local shards once.
 
-    def _look_up_counts(self) -> list[int] | None:
-        path = self.index or find_index(self.urls)
+        Raises:
+            FastdataError: remote shards without an index (the message says how to make one).
+        """
+        if self._counts is None:
+            self._counts = self._look_up_counts()
+        return self._counts
+
+    def _look_up_counts(self) -> list[int]:
+        path = self._built_index() if self.index == "build" else self.index or find_index(self.urls)
         if path is not None:
             shards = _remote_index(path) if "://" in path else read_index(path)["shards"]
             by_name = {s["name"]: int(s["count"]) for s in shards}
             names = [u.rsplit("/", 1)[-1] for u in self.urls]
-            if all(n in by_name for n in names):
+            missing = [n for n in names if n not in by_name]
+            if not missing:
                 return [by_name[n] for n in names]
-        if self.world()[1] == 1:
-            return None
+            if self.index is not None:
+                raise FastdataError(f"{path}: the index does not list the shard {missing[0]!r} "
+                                    f"({len(missing)} of {len(names)} missing); make it again with "
+                                    "`fastdata index SHARDS -o PATH`")  # fmt: skip
         if any("://" in u or u.startswith("pipe:") for u in self.urls):
             raise FastdataError(
-                "equal batches on every rank need each shard's sample count: these remote shards "
-                "have no index; make one with `fastdata index SHARDS -o shards.index.json` (or "
-                "write the shards with `fastdata convert`) and pass index=<its path or URL>"
+                "the epoch's order needs each shard's sample count, and these remote shards have "
+                "no index: make one with `fastdata index SHARDS -o shards.index.json` and pass "
+                "index=<its path or URL>, or pass index=\"build\" to read every shard once now and "
+                "keep the index in the cache folder"
             )
-        warnings.warn("no index beside the shards: counting their samples (`fastdata index SHARDS` "
-                      "writes one; fastdata.ShardWriter and `fastdata convert` do too)", stacklevel=3)
-        return [sum(1 for _ in iter_samples([u], fields=set())) for u in self.urls]
+        counts, self._scan_errors = [], {}
+        for i, url in enumerate(self.urls):  # one shard mapped at a time
+            smap = load_shard(url)
+            counts.append(smap.n)
+            if smap.error is not None:
+                self._scan_errors[i] = smap.error
+        return counts
+
+    def _built_index(self) -> str:
+        """The index made by reading every shard once, kept in the cache folder.
+
+        NOTE [ Built indexes ]
+        ``index="build"`` is the user's consent to read every shard once before the first
+        epoch. The index is kept under ``$FASTDATA_CACHE`` (default
+        ``~/.cache/fastdata``)/``indexes``, named by a hash of the shard URLs, and reused
+        by later runs; delete it when the shards change.
+        """
+        from fastdata.shards.indexing import build_index
+
+        root = os.environ.get("FASTDATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastdata")
+        digest = hashlib.sha1("\n".join(self.urls).encode()).hexdigest()[:20]
+        path = os.path.join(root, "indexes", f"{digest}.index.json")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_index(path, build_index(self.urls))
+        return path
+
+    def _size(self) -> int:
+        return int(sum(self.counts()))
+
+    def _split(self, batch_size: int, world: int) -> Split:
+        return Split.whole(self._epoch, self._size(), world, batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        """Samples of this rank's next epoch (torch's ``IterableDataset`` convention).
-
-        Raises:
-            TypeError: the sample counts are unknown (remote shards without an index); as
-                for any ``IterableDataset`` without a length, ``len()`` is then undefined.
-        """
-        counts = self._known_counts()
-        rank, world = self.world()
-        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
-        return slot_count(assign(order, rank=rank, world_size=world, worker=0, num_workers=1), counts)
+        """Samples of this rank's next epoch (torch's ``IterableDataset`` convention)."""
+        return self._split(1, self.world()[1]).per_rank
 
     def num_batches(self, batch_size: int, num_workers: int = 2) -> int:
-        """Batches ``iter_batches(batch_size, num_workers=...)`` yields on this rank next epoch
-        (the same on every rank: NOTE [ Equal batches per rank ]).
-
-        Raises:
-            TypeError: the sample counts are unknown (remote shards without an index).
-        """
-        counts = self._known_counts()
-        order = shard_order(len(self.urls), seed=self.seed, epoch=self._epoch, shuffle=self.shuffle)
-        return min(rank_batches(counts, order, world_size=self.world()[1], num_workers=max(1, int(num_workers)),
-                                batch_size=int(batch_size), drop_last=self.drop_last))  # fmt: skip
-
-    def _known_counts(self) -> list[int]:
-        if not self._batch_path():
-            raise TypeError(
-                "len() of a ShardDataset needs each shard's sample count: these shards are remote "
-                "and have no index; make one with `fastdata index SHARDS -o shards.index.json` "
-                "and pass index=<its path or URL>"
-            )
-        return self.counts()  # type: ignore[return-value]
+        """Batches ``iter_batches(batch_size)`` yields on this rank next epoch (the same on
+        every rank, whatever ``num_workers``: NOTE [ Equal batches per rank ])."""
+        del num_workers  # workers do not change the epoch
+        return self._split(int(batch_size), self.world()[1]).batches
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
         self._epoch, self._resume = int(epoch), None
 
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(shard, member)`` of every sample of ``epoch`` in its order (``fastdata.loading.order``)."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            order = epoch_order(self.counts(), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                window=self.buffer_size)  # fmt: skip
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         """The state after the last batch delivered (see the module docstring for the keys)."""
-        state = self._resume or self._consumed
-        if state is None:
-            return {"epoch": self._epoch, "batches": 0, "samples": 0, "turn": 0, "limit": None, "slots": None}
-        if state["limit"] is not None and state["batches"] >= state["limit"]:
-            slots = state.get("slots")
-            fresh = self._fresh(state["epoch"] + 1, len(slots)) if slots is not None else _fresh_batch(state["epoch"] + 1)
-            state = {**state, **fresh, "limit": None}
+        state = self._resume or self._consumed or {**self._header(), **_fresh(self._epoch)}
         return json.loads(json.dumps(state))  # a deep, plain copy
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Makes the next iteration continue exactly where ``state`` was taken.
+        """Makes the next iteration continue exactly where ``state`` was taken, on this or
+        any other number of ranks and workers.
 
         Raises:
-            ValueError: the state was taken with a different seed or rank layout.
+            ValueError: the state was taken with another seed, shard list or order.
         """
-        if state.get("slots") is None and not state.get("batches"):
-            self.set_epoch(state["epoch"])
-            return
-        mine = self._order_header()
-        for key, value in mine.items():
-            if key in _OPTIONAL_KEYS and key not in state:
-                continue  # a state saved before the key was recorded
-            if state.get(key) != value:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"this state_dict has version {state.get('version')!r}, this fastdata reads "
+                             f"version {_STATE_VERSION}: resume with the fastdata that saved it")  # fmt: skip
+        mine = self._header()
+        for key in _ORDER_KEYS:
+            if state.get(key) != mine[key]:
                 what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
-                now = "another" if key == "shards" else repr(value)
+                now = "another" if key == "shards" else repr(mine[key])
                 raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
                                  "with the dataset's arguments of the run that saved it")  # fmt: skip
-        self._resume = dict(state)
         self._epoch = int(state["epoch"])
+        self._resume = dict(state) if state.get("intervals") is not None else None
 
-    def _order_header(self) -> dict:
+    def _header(self) -> dict:
         """What fixes the order of an epoch besides its number; checked on load."""
-        rank, world = self.world()
         names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
-        return {"version": _STATE_VERSION, "seed": self.seed, "rank": rank, "world_size": world,
-                "shuffle": bool(self.shuffle), "buffer_size": self.buffer_size, "drop_last": bool(self.drop_last),
+        return {"version": _STATE_VERSION, "seed": self.seed, "shuffle": self.shuffle,
+                "buffer_size": self.buffer_size, "drop_last": self.drop_last,
                 "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
 
-    def _fresh(self, epoch: int, workers: int) -> dict:
-        return {"epoch": epoch, "batches": 0, "samples": 0, "turn": 0, "slots": [fresh_slot() for _ in range(workers)]}
-
-    def _start_state(self, workers: int, batch_size: int, num_workers: int) -> dict:
-        start = self._resume
-        self._resume = None
-        if start is not None:
-            _check_layout(start, workers, batch_size, num_workers)
-        else:
-            start = self._fresh(self._epoch, workers)
-        self._epoch = start["epoch"] + 1
-        header = {**self._order_header(), "num_workers": workers, "batch_size": batch_size}
-        return {**start, **header}
+    def _start(self, batch_size: int, world: int) -> tuple[Split, int]:
+        """The split to run and the batches of it already delivered (NOTE [ Elastic resumption ])."""
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return self._split(batch_size, world), 0
+        split, done = Split.from_state(resume, self.drop_last)
+        if (split.world_size, split.batch_size) != (world, batch_size):
+            split, done = split.resplit(done, world, batch_size), 0
+        return split, done
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -313,120 +318,47 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
         Args:
             batch_size: samples per batch.
-            num_workers: reader threads, one per worker slot, and decoding threads; 0
-                does everything in the calling thread.
+            num_workers: threads making batches; 0 does everything in the calling thread.
+                They do not change the order or the batches.
             device: where image batches go (converted and normalised there).
             memory_format: layout of the image batches.
             timeout: seconds to wait for one batch before ``RuntimeError`` (0: no limit).
-            prefetch: batches each reader prepares ahead.
+            prefetch: batches each thread prepares ahead.
             stats: counters to add to (default ``self.stats``).
         """
         _check_iter_args(batch_size, num_workers, timeout, prefetch)
-        if self.world()[1] > 1 and self.counts() is None:
-            raise FastdataError("several ranks need the shards' sample counts")
-        workers = max(1, int(num_workers))
         stats = stats if stats is not None else self.stats
-        if self._batch_path():
-            ahead = max(2, int(num_workers) * prefetch)
-            return self._batch_epoch(workers, int(batch_size), int(num_workers), device, memory_format, timeout, ahead, stats)
-        start = self._start_state(workers, int(batch_size), int(num_workers))
-        engine = None
-        if self.plan is not None:
-            engine = BatchEngine(
-                StreamPlan(self.plan, self._image_shape()), int(batch_size), num_threads=int(num_workers),
-                seed=self.seed, ring_size=max(2, int(num_workers) * prefetch) + 1, device=device,
-                memory_format=memory_format, on_error=self.on_error, timeout=timeout,
-                collate_extras=self._collate, stats=stats,
-            )  # fmt: skip
-        return self._epoch_batches(start, engine, stats, int(num_workers) > 0, prefetch, timeout)
-
-    def _epoch_batches(self, start: dict, engine, stats: EngineStats, threaded: bool, prefetch: int, timeout: float) -> Iterator:
-        epoch, rank, world, workers, bs = (start[k] for k in ("epoch", "rank", "world_size", "num_workers", "batch_size"))
-        order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        counts = self.counts()
-        limit = None
-        if counts is not None:
-            limit = min(rank_batches(counts, order, world_size=world, num_workers=workers, batch_size=bs, drop_last=self.drop_last))
-        start = {**start, "limit": limit}
-        spec = self._spec(counts, stats)
-        producers = [
-            Producer(self._slot_batches(spec, order, start, w), threaded=threaded, prefetch=prefetch, name=f"rank {rank} worker {w}")
-            for w in range(workers)
-        ]
-        states: deque[dict] = deque()
-
-        def refs() -> Iterator:
-            for batch, state in merge(producers, start, limit=limit, timeout=timeout, on_wait=_add_wait(stats)):
-                states.append(state)
-                yield batch
-
-        if engine is not None:
-            batches = engine.iterate(refs(), epoch=epoch, rank=rank, seed=self.seed)
-        else:
-            batches = map(self._fields_only(stats), refs())
-        try:
-            for images, extras in batches:
-                self._consumed = states.popleft()
-                if images is None:
-                    yield extras
-                else:
-                    yield [images, *extras] if self.fields else images
-            self._consumed = {**start, **self._fresh(epoch + 1, workers), "limit": None}
-        finally:  # the engine's iteration first: it waits for its queued work
-            if engine is not None:
-                batches.close()
-            for p in producers:
-                p.close()
-            if engine is not None:
-                engine.close()
-
-    def _batch_path(self) -> bool:
-        """Whether epochs run on ``fastdata.loading.batches`` (shard counts known, or local shards to count)."""
-        if self.counts() is not None:
-            return True
-        if any("://" in u or u.startswith("pipe:") for u in self.urls):
-            return False
-        counts, self._scan_errors = [], {}
-        for i, url in enumerate(self.urls):  # one shard mapped at a time
-            smap = load_shard(url)
-            counts.append(smap.n)
-            if smap.error is not None:
-                self._scan_errors[i] = smap.error
-        self._counts = counts
-        return True
-
-    def _batch_epoch(self, workers: int, bs: int, threads: int, device, memory_format, timeout: float, ahead: int,
-                     stats: EngineStats) -> Iterator:  # fmt: skip
-        """One epoch on the batch path; the state is ``(epoch, batches)`` (``fastdata.loading.schedule``)."""
         rank, world = self.world()
-        start = self._resume or _fresh_batch(self._epoch)
-        self._resume = None
-        _check_layout(start, workers, bs, threads)
-        epoch = int(start["epoch"])
-        self._epoch = epoch + 1
-        order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        schedule = epoch_schedule(self.counts(), order, seed=self.seed, epoch=epoch, rank=rank, world_size=world,
-                                  num_workers=workers, batch_size=bs, drop_last=self.drop_last,
-                                  shuffle=self.shuffle, buffer_size=self.buffer_size)  # fmt: skip
-        header = {**self._order_header(), "num_workers": workers, "batch_size": bs, "limit": schedule.batches}
-        stream = BatchStream(self, schedule, epoch=epoch, rank=rank, first=int(start["batches"]), num_workers=threads,
-                             device=device, memory_format=memory_format, timeout=timeout, ahead=ahead, stats=stats)  # fmt: skip
-        return self._batch_loop(stream, schedule, epoch, header)
+        split, done = self._start(int(batch_size), world)
+        self._epoch = split.epoch + 1
+        rows = self._rows(split, rank)
+        ahead = max(2, int(num_workers) * prefetch)
+        stream = BatchStream(self, rows, epoch=split.epoch, first=done, num_workers=int(num_workers), device=device,
+                             memory_format=memory_format, timeout=timeout, ahead=ahead, stats=stats)  # fmt: skip
+        return self._batch_loop(stream, split, rows)
 
-    def _batch_loop(self, stream: Any, schedule: Any, epoch: int, header: dict) -> Iterator:
+    def _rows(self, split: Split, rank: int) -> Rows:
+        schedule = split.schedule(rank)
+        shard, member = self.order(split.epoch)
+        return Rows(shard[schedule.pos], member[schedule.pos], schedule.pos, schedule.starts)
+
+    def _batch_loop(self, stream: BatchStream, split: Split, rows: Rows) -> Iterator:
         for i in sorted(self._scan_errors):  # NOTE [ Bad shards without an index ]
             self._shard_error(stream.stats, self._scan_errors[i])
+        header = self._header()
         started = time.perf_counter()
         for b, images, extras in stream:
-            samples = int(schedule.starts[b + 1])
-            self._consumed = {**header, "epoch": epoch, "batches": b + 1, "samples": samples}
+            if b + 1 == rows.batches:
+                self._consumed = {**header, **_fresh(split.epoch + 1)}
+            else:
+                self._consumed = {**header, **split.state(b + 1), "samples": int(rows.starts[b + 1])}
             stream.stats.elapsed_s += time.perf_counter() - started
             if images is None:
                 yield extras
             else:
                 yield [images, *extras] if self.fields else images
             started = time.perf_counter()
-        self._consumed = {**header, **_fresh_batch(epoch + 1), "limit": None}
+        self._consumed = {**header, **_fresh(split.epoch + 1)}
 
     def _shard_error(self, stats: EngineStats, err: Exception) -> None:
         """A shard without an index broke off: raise, or count one skip.
@@ -435,12 +367,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         When no index gives the shards' sample counts, a shard that cannot be opened, is
         empty, is not a tar, or breaks off (truncation, a bad header, a sample's files not
         contiguous) has lost an unknown number of samples, so no placeholder can stand in
-        for them (NOTE [ Bad shards keep the batch count ] in ``fastdata.loading.stream``).
-        Every path then does what ``iter_samples`` does: under ``on_error="raise"`` the
-        shard's ``ShardError`` ends the epoch, under "skip"/"warn" the samples read before
-        the break are kept and the shard counts as one skipped item in ``stats`` (its URL
-        in ``skipped_keys``). The batch path reports the shards its count found broken when
-        the epoch starts; the streaming path when the reader reaches the break.
+        for them. Under ``on_error="raise"`` the shard's ``ShardError`` ends the epoch when
+        it starts; under "skip"/"warn" the samples read before the break are kept and the
+        shard counts as one skipped item in ``stats`` (its URL in ``skipped_keys``).
         """
         if self.on_error == "raise":
             raise err
@@ -450,73 +379,35 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if self.on_error == "warn":
             warnings.warn(f"skipped the rest of a bad shard: {err}", stacklevel=3)
 
-    def _spec(self, counts: list[int] | None, stats: EngineStats) -> StreamSpec:
-        return StreamSpec(
-            self.urls, counts, self._read_fields(), self._prepare, self.on_error,
-            self.buffer_size if self.shuffle else 1, lambda err: self._shard_error(stats, err),
-        )  # fmt: skip
-
-    def _slot_batches(self, spec: StreamSpec, order: list[int], start: dict, w: int) -> Iterator:
-        state = start["slots"][w]
-        if state["done"]:
-            return
-        rank, world = start["rank"], start["world_size"]
-        a = assign(order, rank=rank, world_size=world, worker=w, num_workers=start["num_workers"])
-        slot = SlotStream(spec, a, Draws(self.seed, start["epoch"], rank, w), state)
-        yield from slot.batches(start["batch_size"], self.drop_last)
-
     def __iter__(self) -> Iterator:
-        """Single samples ``(image, *fields)`` for torch's DataLoader (workers split by ``get_worker_info``)."""
+        """Single samples ``(image, *fields)`` for torch's DataLoader: the rank's share of the
+        epoch, torch's worker ``w`` of ``K`` taking every ``K``-th sample from the ``w``-th."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.world()
-        epoch = self._epoch
-        order = shard_order(len(self.urls), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
-        # Counts that a scan of index-less shards found short (a broken shard) would end the
-        # stream at the break without reporting it: read such shards to their error instead.
-        counts = self.counts() if world > 1 or not self._scan_errors else None
-        spec = self._spec(counts, self.stats)
-        a = assign(order, rank=rank, world_size=world, worker=worker, num_workers=workers)
-        slot = SlotStream(spec, a, Draws(self.seed, epoch, rank, worker), fresh_slot())
-        rngs = SampleRng(self.seed, epoch, rank, worker)
-        plan = StreamPlan(self.plan, self._image_shape()) if self.plan is not None else None
+        split = self._split(1, world)
+        rows = self._rows(split, rank)
+        pos = rows.pos[worker::workers]
+        shard, member = rows.shard[worker::workers], rows.member[worker::workers]
+        starts = np.unique(np.minimum(np.arange(0, len(pos) + _SAMPLE_CHUNK, _SAMPLE_CHUNK), len(pos)))
+        mine = Rows(shard, member, pos, starts if len(pos) else np.zeros(1, np.int64))
+        stream = BatchStream(self, mine, epoch=split.epoch, first=0, num_workers=0, device=None,
+                             memory_format=torch.contiguous_format, timeout=0, ahead=1, stats=self.stats,
+                             collate=False)  # fmt: skip
         kinds = list(self.fields.values())
-        for i, sample in enumerate(slot.shuffled()):
-            src, extra, url, key, field = self._prepare(sample)
-            if isinstance(src, Failed):
-                if self.on_error == "raise":
-                    raise src.error
-                self.stats.skipped += 1
-                continue
-            extra = tuple(sample_field(kind, v, self.pad_value) for kind, v in zip(kinds, extra, strict=True))
-            if plan is None:
-                yield extra
-                continue
-            out = np.empty(plan.sample_shape, np.uint8)
-            plan.sample_into(src, out, rngs.for_sample(i), url=url, key=key, field=field)
-            image = plan.finish(torch.from_numpy(out)[None])[0]
-            yield (image, *extra) if self.fields else image
+        if worker == 0:
+            for i in sorted(self._scan_errors):
+                self._shard_error(self.stats, self._scan_errors[i])
+        for _, images, extras in stream:
+            n = len(images) if images is not None else len(extras[0])
+            for i in range(n):
+                extra = tuple(sample_field(kind, e[i], self.pad_value) for kind, e in zip(kinds, extras, strict=True))
+                if images is None:
+                    yield extra
+                else:
+                    yield (images[i], *extra) if self.fields else images[i]
 
     # -- samples -----------------------------------------------------------------------------
-
-    def _read_fields(self) -> set[str]:
-        return set(self.fields) | (set(self.image) if self.plan is not None else set())
-
-    def _prepare(self, sample: Any) -> tuple:
-        """A sample dict to ``(source, extra, url, key, field)``; failures become ``Failed``."""
-        if isinstance(sample, Failed):
-            err = sample.error
-            return sample, None, getattr(err, "url", None), getattr(err, "key", None), None
-        url, key, field = sample["__url__"], sample["__key__"], None
-        try:
-            src = None
-            if self.plan is not None:
-                field = next((ext for ext in self.image if ext in sample), self.image[0])
-                src = self._image_source(sample, url, key, field)
-            extra = tuple(self._field(sample, ext, kind, url, key) for ext, kind in self.fields.items())
-            return src, extra, url, key, field
-        except FastdataError as exc:
-            return Failed(exc), None, url, key, getattr(exc, "field", field)
 
     def _image_source(self, sample: dict, url: str, key: str, field: str) -> Any:
         if field not in sample:
@@ -533,39 +424,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC view
         return arr
 
-    def _field(self, sample: dict, ext: str, kind: str, url: str, key: str) -> Any:
-        data = sample.get(ext)
-        if data is None:
-            raise DecodeError(url, key, ext, "missing field")
-        return decode_field(kind, data, url=url, key=key, field=ext)
-
     def _collate(self, extras: list) -> list:
         return [
             collate_field(kind, ext, [e[i] for e in extras], self.pad_value)
             for i, (ext, kind) in enumerate(self.fields.items())
         ]
-
-    def _fields_only(self, stats: EngineStats):
-        """Batch function of datasets without images: the engine's skip policy on fields."""
-
-        def batch(refs: list) -> tuple[None, list]:
-            bad = [r.source for r in refs if isinstance(r.source, Failed)]
-            if bad and self.on_error == "raise":
-                raise bad[0].error
-            good = [r.extra for r in refs if not isinstance(r.source, Failed)]
-            if not good:
-                first = bad[0].error
-                raise DecodeError(getattr(first, "url", None), None, None,
-                                  f"every sample of a batch failed; the first: {first}") from first  # fmt: skip
-            for failed in bad:
-                stats.skipped += 1
-                if self.on_error == "warn":
-                    warnings.warn(f"skipped a bad sample: {failed.error}", stacklevel=2)
-            extras = [r.extra if r.extra is not None else good[i % len(good)] for i, r in enumerate(refs)]
-            stats.batches, stats.samples = stats.batches + 1, stats.samples + len(refs)
-            return None, self._collate(extras)
-
-        return batch
 
     def _image_shape(self) -> tuple[int, int, int]:
         """The plan's declared sample shape, or (for size-keeping pipelines) the first image's."""
@@ -573,23 +436,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
             try:
                 self._sample_shape = tuple(int(v) for v in self.plan.sample_shape)
             except FastdataError:
-                first = next(iter_samples(self.urls[:1], fields=self._read_fields()))
-                src = self._prepare(first)[0]
+                smap = load_shard(self.urls[0])
+                field = next((e for e in self.image if smap.view(e, 0) is not None), None)
+                src = None
+                if field is not None:
+                    src = self._image_source({field: smap.view(field, 0)}, smap.url, smap.key(0), field)
                 if not isinstance(src, np.ndarray):
                     raise
                 self._sample_shape = (*src.shape[:2], 3)
         return self._sample_shape
 
 
-def _check_layout(start: dict, workers: int, batch_size: int, num_workers: int) -> None:
-    """Rejects a resume whose worker count or batch size differs from the saving run's."""
-    saved = (start.get("num_workers", workers), start.get("batch_size", batch_size))
-    if saved != (workers, batch_size):
-        raise ValueError(
-            f"state_dict was taken with num_workers={saved[0]} and batch_size={saved[1]}, this "
-            f"run has num_workers={num_workers} and batch_size={batch_size} (num_workers=0 "
-            "reads like num_workers=1); resume with the same num_workers and batch_size"
-        )
 def _check_iter_args(batch_size: Any, num_workers: Any, timeout: Any, prefetch: Any) -> None:
     """The front door of ``iter_batches``: each argument's type and range, named when wrong."""
 
@@ -608,8 +465,8 @@ def _check_iter_args(batch_size: Any, num_workers: Any, timeout: Any, prefetch: 
         raise ValueError(f"prefetch must be a whole number of batches >= 1, got {prefetch!r}")
 
 
-def _fresh_batch(epoch: int) -> dict:
-    return {"epoch": epoch, "batches": 0, "samples": 0}
+def _fresh(epoch: int) -> dict:
+    return {"epoch": int(epoch), "intervals": None, "world_size": None, "batch_size": None, "batches": 0, "samples": 0}
 
 
 def _remote_index(url: str) -> list[dict]:
@@ -619,9 +476,3 @@ def _remote_index(url: str) -> list[dict]:
         raise FastdataError(f"{url}: not a fastdata index (no list of shards)")
     return index["shards"]
 
-
-def _add_wait(stats: EngineStats):
-    def add(seconds: float) -> None:
-        stats.wait_s += seconds
-
-    return add

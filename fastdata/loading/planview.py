@@ -1,4 +1,4 @@
-"""A compiled plan as the batch makers see it: failed samples raise, raw pixels may be copied."""
+"""A compiled plan as the batch maker sees it: raw pixels of the output's shape are copied."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastdata.loading.stream import Failed
-
-__all__ = ["StreamPlan", "compile_plan"]
+__all__ = ["PlanView", "compile_plan"]
 
 
-class StreamPlan:
-    """The engine's view of a plan: failed samples raise their error, raw pixels may be copied."""
+class PlanView:
+    """The batch maker's view of a plan: samples named in its errors, raw pixels copied
+    when the plan has no per-sample step."""
 
     def __init__(self, plan: Any, shape: tuple[int, int, int]) -> None:
         self.plan, self.sample_shape = plan, shape
@@ -23,8 +22,6 @@ class StreamPlan:
         self._named = "url" in inspect.signature(plan.sample_into).parameters
 
     def sample_into(self, src: Any, out: np.ndarray, rng: np.random.Generator, *, url=None, key=None, field=None) -> None:
-        if isinstance(src, Failed):
-            raise src.error
         if self._copy_only and isinstance(src, np.ndarray) and src.shape == out.shape:
             out[...] = src
         elif self._named:

@@ -12,8 +12,9 @@ import torch
 from shard_fixtures import write_image_shards
 
 from fastdata import transforms as T
-from fastdata.errors import DecodeError, ShardError
+from fastdata.errors import DecodeError, FastdataError, ShardError
 from fastdata.loading.shard_dataset import ShardDataset
+from fastdata.shards.index import write_index
 from fastdata.shards.writer import ShardWriter
 
 
@@ -104,11 +105,16 @@ def test_bad_shard_with_skip_keeps_the_batch_count_of_the_index(tmp_path, damage
     assert 0 < sum(s for _, s in lengths) <= 5
 
 
-def test_failing_pipe_command_is_a_shard_error(tmp_path):
+def test_failing_pipe_command_is_a_shard_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTDATA_CACHE", str(tmp_path / "cache"))
     urls, _ = write_image_shards(str(tmp_path), 10, 5)
     good = str(tmp_path / "train-000000.tar")
-    ds = ShardDataset([good, "pipe:cat /nonexistent/x.tar"], transform=pipeline())
-    with pytest.raises(ShardError, match="exited"):
+    with pytest.raises(FastdataError, match="x.tar.*exited"):  # reading it to index it
+        ShardDataset([good, "pipe:cat /nonexistent/x.tar"], transform=pipeline(), index="build").counts()
+    index = str(tmp_path / "both.index.json")
+    write_index(index, {"shards": [{"name": "train-000000.tar", "count": 5}, {"name": "x.tar", "count": 5}]})
+    ds = ShardDataset([good, "pipe:cat /nonexistent/x.tar"], transform=pipeline(), index=index)
+    with pytest.raises(ShardError, match="exited"):  # reading it for a batch
         list(ds.iter_batches(4, num_workers=2))
 
 
@@ -134,7 +140,7 @@ def test_crashing_reader_ends_iteration_with_its_traceback(tmp_path, monkeypatch
 def test_stalled_shard_times_out_instead_of_hanging(tmp_path):
     urls, _ = write_image_shards(str(tmp_path), 10, 5)
     good = str(tmp_path / "train-000000.tar")
-    ds = ShardDataset([f"pipe:sleep 4; cat {good}"], transform=pipeline())
+    ds = ShardDataset([f"pipe:sleep 4; cat {good}"], transform=pipeline(), index=str(tmp_path / "train.index.json"))
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="timed out"):
         list(ds.iter_batches(4, num_workers=1, timeout=1))
@@ -179,15 +185,16 @@ class _nothing:
         return False
 
 
-def test_a_fields_only_batch_that_cannot_be_filled_names_the_shard(tmp_path):
-    """Streaming path, no images: a batch whose every sample fails names its shard."""
+def test_a_fields_only_batch_that_cannot_be_filled_names_the_shard(tmp_path, monkeypatch):
+    """A remote shard, no images: a batch whose every sample fails names its shard."""
+    monkeypatch.setenv("FASTDATA_CACHE", str(tmp_path / "cache"))
     from fastdata import ShardWriter
 
     with ShardWriter(str(tmp_path / "s-%06d.tar"), maxcount=100, index=False) as sink:
         for i in range(4):
             sink.write({"__key__": f"k{i}", "cls": b"not-a-number"})
     url = f"pipe:cat {tmp_path / 's-000000.tar'}"
-    ds = ShardDataset(url, fields=("cls",), on_error="skip")
-    with pytest.raises(DecodeError, match="every sample of a batch failed") as info:
+    ds = ShardDataset(url, fields=("cls",), on_error="skip", index="build")
+    with pytest.raises(ShardError, match="no sample of this epoch can be read") as info:
         list(ds.iter_batches(4, num_workers=0))
-    assert info.value.url == url and "k0" in str(info.value)
+    assert info.value.url == url and "k0" in str(info.value.__cause__)
