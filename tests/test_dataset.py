@@ -89,7 +89,7 @@ def test_the_order_does_not_depend_on_ranks_or_workers(tmp_path, workers):
         for rank in range(world):
             ds = ShardDataset(urls, transform=aug(), fields=("__key__",), shuffle=True, buffer_size=10,
                               seed=4, rank=rank, world_size=world)  # fmt: skip
-            out += [(k, img) for imgs, ks in ds.iter_batches(3, num_workers=workers) for k, img in zip(ks, imgs)]
+            out += [(k, img) for imgs, ks in ds.iter_batches(3, num_workers=workers) for k, img in zip(ks, imgs, strict=True)]
         return out
 
     one = stream(1)

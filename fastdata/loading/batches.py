@@ -187,8 +187,7 @@ class BatchStream:
                     images = self._finish(slot, len(extras[0]) if extras else None, b)
                 if getattr(self.plan, "has_batch_augment", False):  # RandomErasing
                     lo = int(self.s.starts[b])
-                    pos = self.s.pos
-                    self.plan.augment_batch(images, lambda i, lo=lo: self.rngs.for_sample(int(pos[lo + i]), BATCH_STREAM))
+                    self.plan.augment_batch(images, lambda i, lo=lo, pos=self.s.pos: self.rngs.for_sample(int(pos[lo + i]), BATCH_STREAM))
                 self.stats.wait_s += time.perf_counter() - t0
                 n = int(self.s.starts[b + 1] - self.s.starts[b])
                 self.stats.batches += 1
