@@ -6,6 +6,8 @@
 - :mod:`.plan`: the shard tasks, fixed up front (which items go into which shard).
 - :mod:`.task`: one shard task (its shard and index part) and the merge of the parts.
 - :mod:`.local_engine`, :mod:`.ray_engine`: what runs the tasks (a process pool, or Ray).
+- :mod:`.tokenizers`, :mod:`.text_sources`, :mod:`.token_task`, :mod:`.tokenize`: ``--tokenize``,
+  text documents into token shards (``fastdata.shards.tokens``) through the same task/engine split.
 - :mod:`.command`: the resumable conversion and its command line
   (``convert``, ``ConvertOptions`` and ``format_report`` are importable from here).
 
