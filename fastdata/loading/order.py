@@ -49,13 +49,14 @@ topology adds at most ``W`` intervals to the state.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Schedule", "Split", "epoch_order", "intervals_positions"]
+__all__ = ["Cursor", "Schedule", "Split", "epoch_order", "intervals_positions", "shard_permutation"]
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 
@@ -261,3 +262,71 @@ class Split:
         spans = np.asarray(state["intervals"], np.int64).reshape(-1, 2)
         split = cls(int(state["epoch"]), spans, int(state["world_size"]), int(state["batch_size"]), drop_last)
         return split, int(state["batches"])
+
+
+class Cursor:
+    """Where a dataset stands in its epochs: the epoch, and the split in effect with the
+    batches of it delivered (NOTE [ Elastic resumption ]).
+
+    ``header`` is what fixes the order besides the epoch (seed, shard list...): it goes into
+    every state and a state with another header is refused on load.
+    """
+
+    VERSION = 2
+
+    def __init__(self, header: dict, drop_last: bool) -> None:
+        self.header = {"version": self.VERSION, **header}
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self._resume: dict | None = None
+        self._consumed: dict | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration runs ``epoch`` from its start."""
+        self.epoch, self._resume = int(epoch), None
+
+    def state_dict(self) -> dict:
+        """The state after the last batch delivered, as plain values."""
+        state = self._resume or self._consumed or {**self.header, **_fresh(self.epoch)}
+        return json.loads(json.dumps(state))  # a deep, plain copy
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Makes the next ``start`` continue where ``state`` was taken.
+
+        Raises:
+            ValueError: another version, or another order (a key of the header differs).
+        """
+        if state.get("version") != self.VERSION:
+            raise ValueError(f"this state_dict has version {state.get('version')!r}, this fastdata reads "
+                             f"version {self.VERSION}: resume with the fastdata that saved it")  # fmt: skip
+        for key, value in self.header.items():
+            if json.loads(json.dumps(state.get(key))) != json.loads(json.dumps(value)):
+                what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
+                now = "another" if key == "shards" else repr(value)
+                raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
+                                 "with the dataset's arguments of the run that saved it")  # fmt: skip
+        self.epoch = int(state["epoch"])
+        self._resume = dict(state) if state.get("intervals") is not None else None
+
+    def start(self, size: int, batch_size: int, world_size: int) -> tuple[Split, int]:
+        """The split to run next (the epoch counts as started) and the batches of it done."""
+        resume, self._resume = self._resume, None
+        if resume is None:
+            split, done = Split.whole(self.epoch, size, world_size, batch_size, self.drop_last), 0
+        else:
+            split, done = Split.from_state(resume, self.drop_last)
+            if (split.world_size, split.batch_size) != (world_size, batch_size):
+                split, done = split.resplit(done, world_size, batch_size), 0
+        self.epoch = split.epoch + 1
+        return split, done
+
+    def delivered(self, split: Split, batches: int, samples: int) -> None:
+        """Records that every rank delivered ``batches`` batches of ``split`` (``samples`` here)."""
+        if batches >= split.batches:
+            self._consumed = {**self.header, **_fresh(split.epoch + 1)}
+        else:
+            self._consumed = {**self.header, **split.state(batches), "samples": int(samples)}
+
+
+def _fresh(epoch: int) -> dict:
+    return {"epoch": int(epoch), "intervals": None, "world_size": None, "batch_size": None, "batches": 0, "samples": 0}

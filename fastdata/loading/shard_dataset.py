@@ -61,7 +61,7 @@ from fastdata.loading.fields import (
     field_kinds,
     sample_field,
 )
-from fastdata.loading.order import Split, epoch_order
+from fastdata.loading.order import Cursor, Split, epoch_order
 from fastdata.loading.planview import compile_plan
 from fastdata.shards.index import find_index, read_index, write_index
 from fastdata.shards.shardmap import load_shard
@@ -69,8 +69,6 @@ from fastdata.shards.urls import expand_urls, open_url
 
 __all__ = ["ShardDataset", "IMAGE_FIELDS"]
 
-_STATE_VERSION = 2
-_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "drop_last", "shards")
 _SAMPLE_CHUNK = 32  # samples a torch worker makes at once in __iter__
 
 
@@ -147,9 +145,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self._scan_errors: dict[int, Exception] = {}  # shards counted by scanning that broke off
         self._sample_shape: tuple[int, int, int] | None = None
         self._order_cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
-        self._epoch = 0
-        self._resume: dict | None = None
-        self._consumed: dict | None = None
+        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
+        self.cursor = Cursor({"seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size,
+                              "drop_last": self.drop_last, "shards": hashlib.sha1(names.encode()).hexdigest()[:16]},
+                             self.drop_last)  # fmt: skip
         self.stats = EngineStats()
 
     # -- where this process stands -------------------------------------------------------
@@ -224,7 +223,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return int(sum(self.counts()))
 
     def _split(self, batch_size: int, world: int) -> Split:
-        return Split.whole(self._epoch, self._size(), world, batch_size, self.drop_last)
+        return Split.whole(self.cursor.epoch, self._size(), world, batch_size, self.drop_last)
 
     def __len__(self) -> int:
         """Samples of this rank's next epoch (torch's ``IterableDataset`` convention)."""
@@ -238,7 +237,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
-        self._epoch, self._resume = int(epoch), None
+        self.cursor.set_epoch(epoch)
 
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(shard, member)`` of every sample of ``epoch`` in its order (``fastdata.loading.order``)."""
@@ -252,8 +251,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def state_dict(self) -> dict:
         """The state after the last batch delivered (see the module docstring for the keys)."""
-        state = self._resume or self._consumed or {**self._header(), **_fresh(self._epoch)}
-        return json.loads(json.dumps(state))  # a deep, plain copy
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
         """Makes the next iteration continue exactly where ``state`` was taken, on this or
@@ -262,35 +260,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         Raises:
             ValueError: the state was taken with another seed, shard list or order.
         """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"this state_dict has version {state.get('version')!r}, this fastdata reads "
-                             f"version {_STATE_VERSION}: resume with the fastdata that saved it")  # fmt: skip
-        mine = self._header()
-        for key in _ORDER_KEYS:
-            if state.get(key) != mine[key]:
-                what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
-                now = "another" if key == "shards" else repr(mine[key])
-                raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
-                                 "with the dataset's arguments of the run that saved it")  # fmt: skip
-        self._epoch = int(state["epoch"])
-        self._resume = dict(state) if state.get("intervals") is not None else None
-
-    def _header(self) -> dict:
-        """What fixes the order of an epoch besides its number; checked on load."""
-        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
-        return {"version": _STATE_VERSION, "seed": self.seed, "shuffle": self.shuffle,
-                "buffer_size": self.buffer_size, "drop_last": self.drop_last,
-                "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
-
-    def _start(self, batch_size: int, world: int) -> tuple[Split, int]:
-        """The split to run and the batches of it already delivered (NOTE [ Elastic resumption ])."""
-        resume, self._resume = self._resume, None
-        if resume is None:
-            return self._split(batch_size, world), 0
-        split, done = Split.from_state(resume, self.drop_last)
-        if (split.world_size, split.batch_size) != (world, batch_size):
-            split, done = split.resplit(done, world, batch_size), 0
-        return split, done
+        self.cursor.load_state_dict(state)
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -329,8 +299,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         _check_iter_args(batch_size, num_workers, timeout, prefetch)
         stats = stats if stats is not None else self.stats
         rank, world = self.world()
-        split, done = self._start(int(batch_size), world)
-        self._epoch = split.epoch + 1
+        split, done = self.cursor.start(self._size(), int(batch_size), world)
         rows = self._rows(split, rank)
         ahead = max(2, int(num_workers) * prefetch)
         stream = BatchStream(self, rows, epoch=split.epoch, first=done, num_workers=int(num_workers), device=device,
@@ -345,20 +314,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _batch_loop(self, stream: BatchStream, split: Split, rows: Rows) -> Iterator:
         for i in sorted(self._scan_errors):  # NOTE [ Bad shards without an index ]
             self._shard_error(stream.stats, self._scan_errors[i])
-        header = self._header()
         started = time.perf_counter()
         for b, images, extras in stream:
-            if b + 1 == rows.batches:
-                self._consumed = {**header, **_fresh(split.epoch + 1)}
-            else:
-                self._consumed = {**header, **split.state(b + 1), "samples": int(rows.starts[b + 1])}
+            self.cursor.delivered(split, b + 1, int(rows.starts[b + 1]))
             stream.stats.elapsed_s += time.perf_counter() - started
             if images is None:
                 yield extras
             else:
                 yield [images, *extras] if self.fields else images
             started = time.perf_counter()
-        self._consumed = {**header, **_fresh(split.epoch + 1)}
+        self.cursor.delivered(split, split.batches, len(rows.pos))
 
     def _shard_error(self, stats: EngineStats, err: Exception) -> None:
         """A shard without an index broke off: raise, or count one skip.
@@ -463,10 +428,6 @@ def _check_iter_args(batch_size: Any, num_workers: Any, timeout: Any, prefetch: 
         raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {timeout!r}")
     if not whole(prefetch) or prefetch < 1:
         raise ValueError(f"prefetch must be a whole number of batches >= 1, got {prefetch!r}")
-
-
-def _fresh(epoch: int) -> dict:
-    return {"epoch": int(epoch), "intervals": None, "world_size": None, "batch_size": None, "batches": 0, "samples": 0}
 
 
 def _remote_index(url: str) -> list[dict]:
