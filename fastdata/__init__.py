@@ -17,6 +17,7 @@ from fastdata.shards.writer import ShardWriter
 _LAZY = {
     "DataLoader": ("fastdata.loading.dataloader", "DataLoader"),
     "get_worker_info": ("fastdata.loading.dataloader", "get_worker_info"),
+    "Mix": ("fastdata.loading.mix", "Mix"),
     "ShardDataset": ("fastdata.loading.shard_dataset", "ShardDataset"),
     "transforms": ("fastdata.transforms", None),
 }
@@ -25,6 +26,7 @@ __all__ = [
     "DataLoader",
     "DecodeError",
     "FastdataError",
+    "Mix",
     "ShardDataset",
     "ShardError",
     "ShardWriter",

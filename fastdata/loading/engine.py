@@ -157,6 +157,7 @@ class EngineStats:
         skipped_keys: the first 100 skipped samples, as ``"url:key"`` strings.
         wait_s: seconds the consumer spent waiting for a batch.
         elapsed_s: seconds from the first request to the last batch of each epoch.
+        sources: samples delivered per source of a ``fastdata.Mix``, by name.
     """
 
     batches: int = 0
@@ -165,6 +166,7 @@ class EngineStats:
     skipped_keys: list[str] = field(default_factory=list)
     wait_s: float = 0.0
     elapsed_s: float = 0.0
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def samples_per_s(self) -> float:
