@@ -99,7 +99,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
         world_size: number of ranks; default from ``torch.distributed`` (1 without it).
         drop_last: drop the rank's last partial batch (default: fixed shapes).
         dtype: dtype of ``input_ids``, ``targets`` and ``position_ids``.
-        pad_id: the input token of padding.
+        pad_id: the input token of padding (None: the index's ``pad`` token, else 0).
         window: documents packed together in ``"aligned"`` mode (None: a shard's).
         cache: opened shards kept at once.
 
@@ -120,7 +120,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
         world_size: int | None = None,
         drop_last: bool = True,
         dtype: torch.dtype = torch.int64,
-        pad_id: int = 0,
+        pad_id: int | None = None,
         window: int | None = None,
         cache: int = 16,
     ) -> None:
@@ -136,7 +136,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
         if window is not None and (not _whole(window) or window < 1):
             raise ValueError(f"window must be a whole number of documents >= 1 or None, got {window!r}")
         self.seq_len, self.mode, self.shuffle, self.seed = int(seq_len), mode, bool(shuffle), int(seed)
-        self.index, self.drop_last, self.dtype, self.pad_id = index, bool(drop_last), dtype, int(pad_id)
+        self.index, self.drop_last, self.dtype, self._pad_id = index, bool(drop_last), dtype, pad_id
         self.window, self._cache_size = window, int(cache)
         self._rank, self._world_size = rank, world_size
         self._source: TokenSource | None = None
@@ -155,6 +155,19 @@ class TokenDataset(torch.utils.data.IterableDataset):
         if self._source is None:
             self._source = TokenSource(self.urls, self.index, self._cache_size)
         return self._source
+
+    @property
+    def meta(self) -> dict:
+        """The dataset's metadata: ``vocab_size``, ``eod``, ``pad``, ``labels``... (from the index)."""
+        return self.source.meta
+
+    @property
+    def pad_id(self) -> int:
+        """The input token of padding."""
+        if self._pad_id is not None:
+            return int(self._pad_id)
+        pad = self.meta.get("pad")
+        return pad if isinstance(pad, int) else 0
 
     def world(self) -> tuple[int, int]:
         """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
