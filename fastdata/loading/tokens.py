@@ -352,7 +352,8 @@ class TokenDataset(torch.utils.data.IterableDataset):
                     batch = ahead.popleft().result(timeout=timeout or None)
                     self.stats.wait_s += time.perf_counter() - waited
                 self._consumed = {**header, "epoch": epoch, "batches": b + 1, "samples": int(starts[b + 1])}
-                self._count(batch)
+                self.stats.batches, self.stats.rows = self.stats.batches + 1, self.stats.rows + int(starts[b + 1] - starts[b])
+                self.stats.tokens += batch.pop("_tokens")
                 self.stats.elapsed_s += time.perf_counter() - clock
                 yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 clock = time.perf_counter()
@@ -362,15 +363,6 @@ class TokenDataset(torch.utils.data.IterableDataset):
                 pool.shutdown(wait=True, cancel_futures=True)
             self.source.clear()
 
-    def _count(self, batch: dict) -> None:
-        rows = len(batch["input_ids"])
-        self.stats.batches += 1
-        self.stats.rows += rows
-        if "lengths" in batch:
-            self.stats.tokens += int(batch["lengths"].sum())
-        else:
-            self.stats.tokens += int((batch["segment_ids"] >= 0).sum())
-
     def _batch(self, units: np.ndarray) -> dict[str, torch.Tensor]:
         """The batch of the given units (rows or documents)."""
         b, t = len(units), self.seq_len
@@ -379,7 +371,8 @@ class TokenDataset(torch.utils.data.IterableDataset):
         row, shard, lo, n, at, row_len = getattr(self, f"_{self.mode}_pieces")(units)
         self.source.gather(shard, row, lo, n, at, window, marks, self.mode != "concat")
         out = fill_rows(window, row_len, marks, cross_targets=self.mode == "concat", pad_id=self.pad_id)
-        batch = {k: torch.from_numpy(v) for k, v in out.items()}
+        batch: dict[str, Any] = {k: torch.from_numpy(v) for k, v in out.items()}
+        batch["_tokens"] = int(np.minimum(row_len, t).sum())  # for the stats; popped before delivery
         if self.mode == "padded":
             del batch["cu_seqlens"], batch["position_ids"]
             segment = batch.pop("segment_ids")
@@ -442,7 +435,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
         for lo in range(worker * 64, len(units), workers * 64):
             batch = self._batch(units[lo : lo + 64])
             for i in range(len(batch["input_ids"])):
-                yield {k: v[i] for k, v in batch.items() if k != "cu_seqlens"}
+                yield {k: v[i] for k, v in batch.items() if k not in ("cu_seqlens", "_tokens")}
 
 
 def _expand(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
