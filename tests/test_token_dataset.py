@@ -278,3 +278,30 @@ def test_other_dtypes_and_arguments(tmp_path):
         TokenDataset(urls, 0)
     with pytest.raises(ValueError, match="batch_size"):
         TokenDataset(urls, 4).iter_batches(0)
+
+
+def test_reads_what_convert_tokenize_writes(tmp_path):
+    from fastdata.convert.tokenize import TokenizeOptions, convert_tokens
+
+    texts = [("neg" if i % 2 else "pos", "word " * (i * 7 % 50 + 1) + f"#{i}") for i in range(30)]
+    for i, (cls, text) in enumerate(texts):
+        (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / cls / f"d{i:03d}.txt").write_text(text)
+    report = convert_tokens(str(tmp_path / "src"), str(tmp_path / "out/t-%06d.tar"),
+                            TokenizeOptions(tokens_per_shard=400))  # fmt: skip
+    urls = [str(tmp_path / "out" / s["name"]) for s in report.shards]
+    ds = TokenDataset(urls, 32, mode="padded", drop_last=False)
+    assert ds.meta["eod"] == 256 and ds.pad_id == 257  # the bytes tokenizer's
+    got = list(ds.iter_batches(8, num_workers=0))
+    assert sum(len(b["labels"]) for b in got) == report.documents == len(ds)
+    for b in got:
+        last = b["input_ids"][torch.arange(len(b["lengths"])), b["lengths"] - 1]
+        ends = b["lengths"] < 32  # whole documents end with the end-of-document token
+        assert torch.all(last[ends] == 256) and set(b["labels"].tolist()) <= {0, 1}
+
+
+def test_torch_dataloader_gets_rows(tmp_path):
+    urls, *_ = write_tokens(tmp_path, [[9] * 12])
+    ds = TokenDataset(urls, 8, drop_last=False)
+    rows = torch.cat([b["input_ids"] for b in torch.utils.data.DataLoader(ds, batch_size=5)])
+    assert torch.equal(rows, torch.cat([b["input_ids"] for b in ds.iter_batches(5, num_workers=0)]))
