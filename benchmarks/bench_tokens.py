@@ -6,7 +6,7 @@ index (``fastdata.shards.tokens.write_token_shard``), and as one flat file that 
 ``train.bin`` would be. Each variant delivers ``(B, T)`` int64 input and target batches:
 
 - ``fastdata``: ``TokenDataset(mode="concat", shuffle=True)`` through ``fastdata.DataLoader``
-  (2 worker threads); its batches also carry position and segment ids and ``cu_seqlens``;
+  (one background thread); its batches also carry position and segment ids and ``cu_seqlens``;
 - ``nanogpt``: nanoGPT's way, written here from its description: every batch maps the flat
   file again, draws ``B`` random window starts, and stacks ``torch.from_numpy(window.astype(
   np.int64))`` for inputs and for targets; in the calling thread, as nanoGPT does;
