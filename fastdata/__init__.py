@@ -19,6 +19,7 @@ _LAZY = {
     "get_worker_info": ("fastdata.loading.dataloader", "get_worker_info"),
     "Mix": ("fastdata.loading.mix", "Mix"),
     "ShardDataset": ("fastdata.loading.shard_dataset", "ShardDataset"),
+    "TokenDataset": ("fastdata.loading.tokens", "TokenDataset"),
     "transforms": ("fastdata.transforms", None),
 }
 
@@ -31,6 +32,7 @@ __all__ = [
     "ShardError",
     "ShardWriter",
     "SourceError",
+    "TokenDataset",
     "get_worker_info",
     "iter_samples",
     "transforms",
