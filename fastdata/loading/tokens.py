@@ -24,20 +24,21 @@ and ``"labels"`` (int64 ``(B,)``, -1 without a label).
 
 The *units* of an epoch are rows (concat, aligned) or documents (padded), numbered across
 the shards in list order; their counts come from the index (or the shards' small metadata
-members), never from reading tokens. ``_schedule`` orders them (NOTE [ The order seam ]).
+members), never from reading tokens. They are ordered and split over ranks by the epoch
+model of ``fastdata.loading.order`` (NOTE [ Token units in the epoch model ]).
 Batches are gathered from the memory-mapped shards by compiled kernels, in a background thread.
 
-State (``state_dict()``): ``epoch``, ``batches`` and ``samples`` (units) delivered this epoch
-and ``limit`` (batches this epoch), plus what fixes the order (``mode``, ``seq_len``,
-``seed``, ``rank``, ``world_size``, ``shuffle``, ``drop_last``, ``batch_size``, ``shards``: a
-hash of the shard names), checked on load. A resumed run recomputes the epoch's order and
-skips the delivered batches, so it yields exactly the batches the uninterrupted run would.
+State (``state_dict()``): the keys of ``ShardDataset.state_dict`` (``epoch``, the split in
+effect, ``batches`` and ``samples`` delivered) plus what fixes the order (``mode``,
+``seq_len``, ``seed``, ``shuffle``, ``buffer_size``, ``window``, ``drop_last``, ``shards``: a
+hash of the shard names), checked on load. On the same cluster a resumed run yields
+exactly the batches the uninterrupted run would; on another (ranks, workers, batch size)
+every row not yet delivered comes once (NOTE [ Elastic resumption ]).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import numbers
 import time
 from collections import deque
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from fastdata.loading.order import Cursor, Split, epoch_order
 from fastdata.loading.packing import concat_rows, fill_rows, pack_documents
 from fastdata.loading.token_source import TokenSource
 from fastdata.shards.urls import expand_urls
@@ -57,7 +59,6 @@ from fastdata.shards.urls import expand_urls
 __all__ = ["MODES", "TokenDataset", "TokenStats"]
 
 MODES = ("concat", "aligned", "padded")
-_STATE_VERSION = 1
 
 
 @dataclass
@@ -92,12 +93,15 @@ class TokenDataset(torch.utils.data.IterableDataset):
         seq_len: ``T``, the inputs per row.
         mode: ``"concat"``, ``"aligned"`` or ``"padded"``.
         shuffle: a new order of the units every epoch.
+        buffer_size: units of a shuffle window of whole shards (None: the whole epoch is one
+            window; NOTE [ Token units in the epoch model ]).
         seed: seeds the order.
         index: path or URL of the shards' index (default: the one beside local shards;
             required for remote shards).
         rank: this process's rank; default from ``torch.distributed`` (0 without it).
         world_size: number of ranks; default from ``torch.distributed`` (1 without it).
-        drop_last: drop the rank's last partial batch (default: fixed shapes).
+        drop_last: every rank gets only full batches (default: fixed shapes); otherwise
+            every unit comes once (NOTE [ Equal batches per rank ] in ``fastdata.loading.order``).
         dtype: dtype of ``input_ids``, ``targets`` and ``position_ids``.
         pad_id: the input token of padding (None: the index's ``pad`` token, else 0).
         window: documents packed together in ``"aligned"`` mode (None: a shard's).
@@ -114,6 +118,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
         *,
         mode: str = "concat",
         shuffle: bool = False,
+        buffer_size: int | None = None,
         seed: int = 0,
         index: str | None = None,
         rank: int | None = None,
@@ -137,14 +142,19 @@ class TokenDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"window must be a whole number of documents >= 1 or None, got {window!r}")
         self.seq_len, self.mode, self.shuffle, self.seed = int(seq_len), mode, bool(shuffle), int(seed)
         self.index, self.drop_last, self.dtype, self._pad_id = index, bool(drop_last), dtype, pad_id
+        if buffer_size is not None and (not _whole(buffer_size) or buffer_size < 1):
+            raise ValueError(f"buffer_size must be a whole number of rows >= 1 or None, got {buffer_size!r}")
         self.window, self._cache_size = window, int(cache)
+        self.buffer_size = buffer_size
         self._rank, self._world_size = rank, world_size
         self._source: TokenSource | None = None
         self._unit_starts: np.ndarray | None = None  # units per shard, cumulated (aligned, padded)
         self._pieces: tuple[np.ndarray, ...] | None = None  # aligned: rows of pieces over all shards
-        self._epoch = 0
-        self._resume: dict | None = None
-        self._consumed: dict | None = None
+        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
+        self.cursor = Cursor({"mode": self.mode, "seq_len": self.seq_len, "seed": self.seed, "shuffle": self.shuffle,
+                              "buffer_size": buffer_size, "window": window, "drop_last": self.drop_last,
+                              "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}, self.drop_last)  # fmt: skip
+        self._order: tuple[int, np.ndarray] | None = None
         self.stats = TokenStats()
 
     # -- sizes -----------------------------------------------------------------------------
@@ -208,84 +218,66 @@ class TokenDataset(torch.utils.data.IterableDataset):
         self._pieces = (row_starts, np.concatenate(shard), np.concatenate(lo), np.concatenate(length))
         self._unit_starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
 
+    def _split(self, batch_size: int) -> Split:
+        return Split.whole(self.cursor.epoch, self.units(), self.world()[1], batch_size, self.drop_last)
+
     def __len__(self) -> int:
         """Units (rows or documents) of this rank's epoch (torch's ``IterableDataset`` convention)."""
-        return self.units() // self.world()[1]
+        return self._split(1).per_rank
 
     def num_batches(self, batch_size: int, num_workers: int = 2) -> int:
-        """Batches of this rank's next epoch (the same on every rank)."""
-        per = self.units() // self.world()[1]
-        return per // int(batch_size) if self.drop_last else -(-per // int(batch_size))
+        """Batches of this rank's next epoch (the same on every rank, whatever ``num_workers``)."""
+        del num_workers
+        return self._split(int(batch_size)).batches
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
-        self._epoch, self._resume = int(epoch), None
+        self.cursor.set_epoch(epoch)
 
     # -- the order -----------------------------------------------------------------------
 
-    def _schedule(self, epoch: int, rank: int, world_size: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """The units this rank delivers in ``epoch``, in order, and its batch boundaries.
+    def _unit_counts(self) -> np.ndarray:
+        """Units per shard: documents (padded), packed rows (aligned), rows starting there (concat)."""
+        if self.mode != "concat":
+            return np.diff(self._starts())
+        starts = np.arange(self.units(), dtype=np.int64) * self.seq_len
+        return np.bincount(np.searchsorted(self.source.token_starts, starts, side="right") - 1,
+                           minlength=len(self.urls)).astype(np.int64)  # fmt: skip
 
-        NOTE [ The order seam ]
-        Every order decision of ``TokenDataset`` is made here, so a global epoch order (one
-        permutation of all units as a pure function of ``(seed, epoch)``, split into
-        contiguous ranges over the ranks) plugs in by replacing this method alone. For
-        now: the units permuted by a Philox generator keyed by ``(seed, epoch)`` when
-        shuffling (else in order), split into ``world_size`` contiguous equal ranges (the
-        remainder of fewer than ``world_size`` units is dropped, so every rank has the
-        same count, NOTE [ Equal batches per rank ] in ``fastdata.loading.sampling``), cut
-        into batches of ``batch_size`` (``drop_last`` drops the partial last one).
+    def order(self, epoch: int) -> np.ndarray:
+        """The units of ``epoch`` in its order (NOTE [ Token units in the epoch model ]).
 
-        Returns:
-            ``(units, starts)``: int64 unit ids in delivery order, and ``batches + 1``
-            offsets: batch ``b`` is ``units[starts[b]:starts[b + 1]]``.
+        NOTE [ Token units in the epoch model ]
+        The units (rows or documents) take the place of samples in the epoch model of
+        ``fastdata.loading.order``: each belongs to the shard it starts in, the epoch's order
+        permutes the shards and shuffles windows of whole shards holding at least
+        ``buffer_size`` units (None: one window, every unit anywhere), and ranks take
+        contiguous stretches of that order. So the order does not depend on the number of
+        ranks or workers, a rank reads about ``1/world_size`` of the shards plus a window,
+        and a state resumes on any cluster shape (NOTE [ Elastic resumption ]).
         """
-        n = self.units()
-        if self.shuffle:
-            key = np.random.SeedSequence([_u64(self.seed), _u64(epoch), 0x544F4B454E])
-            order = np.random.Generator(np.random.Philox(key)).permutation(n).astype(np.int64)
-        else:
-            order = np.arange(n, dtype=np.int64)
-        per = n // world_size
-        mine = order[rank * per : (rank + 1) * per]
-        batches = per // batch_size if self.drop_last else -(-per // batch_size)
-        return mine, np.minimum(np.arange(batches + 1, dtype=np.int64) * batch_size, per)
+        if self._order is None or self._order[0] != epoch:
+            counts = self._unit_counts()
+            window = int(counts.sum()) + 1 if self.buffer_size is None else self.buffer_size
+            shard, member = epoch_order(counts, seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=window)
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self._order = (epoch, first[shard] + member)
+        return self._order[1]
 
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         """The state after the last batch delivered (see the module docstring for the keys)."""
-        state = self._resume or self._consumed
-        if state is None:
-            return {"epoch": self._epoch, "batches": 0, "samples": 0, "limit": None}
-        if state["limit"] is not None and state["batches"] >= state["limit"]:
-            state = {**state, "epoch": state["epoch"] + 1, "batches": 0, "samples": 0, "limit": None}
-        return json.loads(json.dumps(state))
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Makes the next iteration continue exactly where ``state`` was taken.
+        """Makes the next iteration continue exactly where ``state`` was taken, on this or any
+        other number of ranks and workers.
 
         Raises:
-            ValueError: the state was taken with another order (seed, mode, ranks, shards...).
+            ValueError: the state was taken with another order (seed, mode, shards...).
         """
-        if not state.get("batches"):
-            self.set_epoch(state["epoch"])
-            return
-        for key, value in self._header().items():
-            if state.get(key) != value:
-                what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
-                now = "another" if key == "shards" else repr(value)
-                raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
-                                 "with the dataset's arguments of the run that saved it")  # fmt: skip
-        self._resume = dict(state)
-        self._epoch = int(state["epoch"])
-
-    def _header(self) -> dict:
-        rank, world = self.world()
-        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
-        return {"version": _STATE_VERSION, "mode": self.mode, "seq_len": self.seq_len, "seed": self.seed,
-                "rank": rank, "world_size": world, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
+        self.cursor.load_state_dict(state)
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -320,20 +312,15 @@ class TokenDataset(torch.utils.data.IterableDataset):
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("prefetch", prefetch, 1)):
             if not _whole(value) or value < low:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        start = self._resume or {"epoch": self._epoch, "batches": 0}
-        if start.get("batch_size", batch_size) != batch_size:
-            raise ValueError(f"state_dict was taken with batch_size={start['batch_size']}, this run has "
-                             f"batch_size={batch_size}: resume with the same batch_size")  # fmt: skip
-        self._resume = None
-        epoch, first, bs = int(start["epoch"]), int(start["batches"]), int(batch_size)
-        self._epoch = epoch + 1
-        units, starts = self._schedule(epoch, *self.world(), bs)
-        header = {**self._header(), "batch_size": bs, "limit": len(starts) - 1}
-        self._consumed = {**header, "epoch": epoch, "batches": first, "samples": int(starts[min(first, len(starts) - 1)])}
-        return self._epoch_batches(epoch, units, starts, header, first, int(num_workers), device,
+        bs = int(batch_size)
+        rank, world = self.world()
+        split, first = self.cursor.start(self.units(), bs, world)
+        schedule = split.schedule(rank)
+        units = self.order(split.epoch)[schedule.pos]
+        return self._epoch_batches(split, units, schedule.starts, first, int(num_workers), device,
                                    float(timeout), int(prefetch))  # fmt: skip
 
-    def _epoch_batches(self, epoch: int, units: np.ndarray, starts: np.ndarray, header: dict, first: int,
+    def _epoch_batches(self, split: Split, units: np.ndarray, starts: np.ndarray, first: int,
                        workers: int, device, timeout: float, prefetch: int) -> Iterator[dict]:  # fmt: skip
         stop, ahead_n = len(starts) - 1, max(1, workers * prefetch)
         build = lambda b: self._batch(units[starts[b] : starts[b + 1]])  # noqa: E731
@@ -351,13 +338,13 @@ class TokenDataset(torch.utils.data.IterableDataset):
                     waited = time.perf_counter()
                     batch = ahead.popleft().result(timeout=timeout or None)
                     self.stats.wait_s += time.perf_counter() - waited
-                self._consumed = {**header, "epoch": epoch, "batches": b + 1, "samples": int(starts[b + 1])}
+                self.cursor.delivered(split, b + 1, int(starts[b + 1]))
                 self.stats.batches, self.stats.rows = self.stats.batches + 1, self.stats.rows + int(starts[b + 1] - starts[b])
                 self.stats.tokens += batch.pop("_tokens")
                 self.stats.elapsed_s += time.perf_counter() - clock
                 yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 clock = time.perf_counter()
-            self._consumed = {**header, "epoch": epoch + 1, "batches": 0, "samples": 0, "limit": None}
+            self.cursor.delivered(split, split.batches, len(units))
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -438,8 +425,9 @@ class TokenDataset(torch.utils.data.IterableDataset):
         """Single rows for torch's DataLoader (workers split the batches by ``get_worker_info``)."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rank, world = self.world()
-        units, _ = self._schedule(self._epoch, rank, world, 1)
+        rank, _ = self.world()
+        split = self._split(1)
+        units = self.order(split.epoch)[split.schedule(rank).pos]
         for lo in range(worker * 64, len(units), workers * 64):
             batch = self._batch(units[lo : lo + 64])
             for i in range(len(batch["input_ids"])):
@@ -455,7 +443,3 @@ def _expand(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _u64(value: int) -> int:
-    return int(value) & 0xFFFFFFFFFFFFFFFF
