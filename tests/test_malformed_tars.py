@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,8 +17,9 @@ import tarfile
 import pytest
 
 from fastdata import ShardWriter, iter_samples
-from fastdata.errors import ShardError
+from fastdata.errors import FastdataError, ShardError
 from fastdata.loading.shard_dataset import ShardDataset
+from fastdata.shards.index import write_index
 from fastdata.shards.shardmap import load_shard
 from fastdata.shards.verify import verify
 
@@ -203,14 +205,20 @@ def _good_prefix(path):
         return
 
 
-def test_pipe_shard_error_is_counted_under_skip(shards):
+def test_a_truncated_pipe_shard_needs_an_index_and_its_lost_samples_are_skipped(shards, tmp_path):
+    """A remote shard has no index beside it: the error says how to make one; with the index
+    of the whole shard, the samples the truncation lost are counted skips, the batches kept."""
     url = f"pipe:cat {shards['truncated']}"
-    ds = ShardDataset(url, fields=("cls",), on_error="skip")
+    with pytest.raises(FastdataError, match="fastdata index SHARDS"):
+        ShardDataset(url, fields=("cls",), on_error="skip").counts()
+    index = str(tmp_path / "t.index.json")
+    write_index(index, {"shards": [{"name": os.path.basename(shards["truncated"]), "count": N}]})
+    ds = ShardDataset(url, fields=("cls",), on_error="skip", index=index)
     batches = list(ds.iter_batches(2, num_workers=1))
-    assert ds.stats.skipped == 1
-    assert sum(len(b[0]) for b in batches) == len(list(_good_prefix(shards["truncated"])))
+    good = len(list(_good_prefix(shards["truncated"])))
+    assert sum(len(b[0]) for b in batches) == N and ds.stats.skipped == N - good
     with pytest.raises(ShardError):
-        list(ShardDataset(url, fields=("cls",)).iter_batches(2, num_workers=1))
+        list(ShardDataset(url, fields=("cls",), index=index).iter_batches(2, num_workers=1))
 
 
 def test_non_utf8_long_name_is_read_like_tarfile(tmp_path):
