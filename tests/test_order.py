@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastdata.loading.order import Split, epoch_order, intervals_positions, shard_permutation
@@ -75,6 +75,7 @@ def test_a_split_gives_equal_batches_and_every_sample_once(size, world, bs, drop
 @settings(max_examples=150, deadline=None)
 @given(size=st.integers(0, 150), topologies=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 8)), min_size=2,
        max_size=5), cut=st.lists(st.floats(0, 1), min_size=5, max_size=5), drop=st.booleans())  # fmt: skip
+@example(size=5, topologies=[(1, 1), (1, 1), (1, 1), (4, 1), (1, 1)], cut=[0, 0, 0, 0.5, 0], drop=False)  # a repeat
 def test_elastic_resumption_delivers_the_rest_exactly_once(size, topologies, cut, drop):
     """Stop after some batches, resume on another (ranks, batch size): the union over all
     stretches is the epoch, with no sample twice (without padding or dropping)."""

@@ -231,16 +231,17 @@ class Split:
 
     def remaining(self, delivered: int) -> np.ndarray:
         """The intervals still to deliver after every rank delivered ``delivered`` batches
-        (NOTE [ Elastic resumption ]); repeats and dropped samples are left out."""
+        (NOTE [ Elastic resumption ]): neither a sample delivered (as itself or as a repeat
+        that evened the ranks out) nor one dropped by ``drop_last`` is carried over."""
+        stream = self._stream()
         flat = intervals_positions(self.intervals)
-        lengths = self.lengths()
-        keep = np.zeros(len(flat), bool)
-        lo = 0
-        for q in lengths.tolist():
-            done = int(self._starts(q)[min(delivered, self.batches)])
-            keep[lo + done : min(lo + q, len(flat))] = True
+        if self.drop_last:
+            flat = stream  # the dropped tail is not carried over
+        done, lo = [], 0
+        for q in self.lengths().tolist():
+            done.append(stream[lo : lo + int(self._starts(q)[min(delivered, self.batches)])])
             lo += q
-        return _as_intervals(flat[keep])
+        return _as_intervals(flat[~np.isin(flat, np.concatenate([[], *done]).astype(np.int64))])
 
     def resplit(self, delivered: int, world_size: int, batch_size: int) -> Split:
         """The rest of the epoch after ``delivered`` batches, cut for another topology."""
