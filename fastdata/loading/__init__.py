@@ -10,6 +10,9 @@
 - :mod:`.batches`: whole batches from mapped or read shards, by index arithmetic.
 - :mod:`.planview`: a compiled plan as the batch maker calls it.
 - :mod:`.fields`: decoding and collating the non-image fields of a sample.
+- :mod:`.tokens`: ``TokenDataset``, token shards as ``(B, T)`` batches for language models;
+  :mod:`.packing` cuts and packs documents into rows, :mod:`.token_source` reads the
+  memory-mapped token shards.
 
 Imports :mod:`fastdata.transforms`, :mod:`fastdata.decode`, :mod:`fastdata.shards` and
 :mod:`fastdata.errors`; never the trainer, the pictures or the tools.
