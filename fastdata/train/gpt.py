@@ -38,9 +38,6 @@ from torch import nn
 from fastdata.errors import FastdataError, SourceError
 from fastdata.train.models import read_state_dict
 
-# Batch keys a GPT reads; the others (targets, labels, cu_seqlens) are the task's.
-MODEL_INPUTS = ("input_ids", "position_ids", "segment_ids", "attention_mask", "lengths")
-
 
 @dataclass(frozen=True)
 class GPTConfig:
