@@ -18,6 +18,7 @@ _LAZY = {
     "DataLoader": ("fastdata.loading.dataloader", "DataLoader"),
     "get_worker_info": ("fastdata.loading.dataloader", "get_worker_info"),
     "ShardDataset": ("fastdata.loading.shard_dataset", "ShardDataset"),
+    "TokenDataset": ("fastdata.loading.tokens", "TokenDataset"),
     "transforms": ("fastdata.transforms", None),
 }
 
@@ -29,6 +30,7 @@ __all__ = [
     "ShardError",
     "ShardWriter",
     "SourceError",
+    "TokenDataset",
     "get_worker_info",
     "iter_samples",
     "transforms",

@@ -270,11 +270,24 @@ def register(subparsers) -> None:
     p.add_argument("--ray-address", help="address of a running Ray cluster, e.g. 10.0.0.1:6379 (--engine ray)")
     p.add_argument("--retries", type=int, default=2, help="times a failed shard task is tried again (--engine ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    text = p.add_argument_group("text (--tokenize: SRC is a folder of .txt files or a .jsonl/.csv/.parquet "
+                                "manifest; writes token shards)")
+    text.add_argument("--tokenize", metavar="TOKENIZER",
+                      help="tokenize text into token shards with: bytes (built in), a Hugging Face "
+                      "tokenizer.json or a tiktoken BPE file (pip install 'fastdata[text]')")
+    text.add_argument("--tokens-per-shard", type=int, default=1 << 24,
+                      help="tokens per shard (exact for bytes, a close target for a BPE; default 16777216)")
+    text.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
+                      help="token dtype (auto: uint16 when the vocabulary fits)")
+    text.add_argument("--text-column", default="text", help="a manifest's text field or column (default text)")
+    text.add_argument("--label-column", help="a manifest's label field or column (default: label, if present)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Runs ``fastdata convert`` and prints its summary."""
+    if args.tokenize is not None:
+        return run_tokenize(args)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise SystemExit(f"fastdata convert: --quality must be in 1..100, got {args.quality}")
     prepare = PrepareOptions(max_side=args.max_side, quality=args.quality, raw=args.raw,
@@ -294,6 +307,33 @@ def run(args) -> int:
               "command again to resume", file=sys.stderr)  # fmt: skip
         return 130
     print(format_report(report))
+    return 0
+
+
+def run_tokenize(args) -> int:
+    """Runs ``fastdata convert --tokenize`` and prints its summary."""
+    from fastdata.convert.tokenize import TokenizeOptions, convert_tokens, format_token_report
+
+    image_only = [flag for flag, value in (("--max-side", args.max_side), ("--quality", args.quality),
+                  ("--raw", args.raw), ("--labels", args.labels), ("--int-labels", args.int_labels)) if value]
+    if image_only:
+        print(f"fastdata convert: error: {', '.join(image_only)} applies to images, not to --tokenize", file=sys.stderr)
+        return 1
+    options = TokenizeOptions(tokenizer=args.tokenize, tokens_per_shard=args.tokens_per_shard, maxsize=args.maxsize,
+                              dtype=args.dtype, text_column=args.text_column, label_column=args.label_column,
+                              workers=args.workers, shuffle_seed=args.seed if args.shuffle else None,
+                              drop_corrupt=args.drop_corrupt, dedupe=args.dedupe, engine=args.engine,
+                              ray_address=args.ray_address, retries=args.retries)  # fmt: skip
+    try:
+        report = convert_tokens(args.src, args.pattern, options, progress=not args.no_progress)
+    except FastdataError as exc:
+        print(f"fastdata convert: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfastdata convert: interrupted; the shards written so far are kept, run the same "
+              "command again to resume", file=sys.stderr)  # fmt: skip
+        return 130
+    print(format_token_report(report))
     return 0
 
 

@@ -109,8 +109,12 @@ class RayEngine:
         return [d for task in tasks for d in results[task.number]]
 
     def run(self, tasks: list[ShardTask], settings: TaskSettings,
-            on_done: Callable[[ShardTask, bool], None]) -> list[dict[str, Any]]:
-        """Runs the tasks; returns their parts in task order (see ``LocalEngine.run``)."""
+            on_done: Callable[[ShardTask, bool], None], task_fn: Callable = _task) -> list[dict[str, Any]]:
+        """Runs the tasks; returns their parts in task order (see ``LocalEngine.run``).
+
+        ``task_fn(source, task, settings)`` runs one task where Ray places it and returns
+        ``(part, reused)``: shard tasks by default, token shard tasks for ``--tokenize``.
+        """
         parts: dict[int, dict[str, Any]] = {}
 
         def done(number: int, result: tuple[dict[str, Any], bool]) -> None:
@@ -118,7 +122,7 @@ class RayEngine:
             on_done(by_number[number], result[1])
 
         by_number = {task.number: task for task in tasks}
-        self._map(_task, tasks, done, settings)
+        self._map(task_fn, tasks, done, settings)
         return [parts[task.number] for task in tasks]
 
     def _map(self, fn, tasks: list[ShardTask], on_result, *args) -> None:

@@ -113,17 +113,22 @@ class ShardBuilder:
             "skipped": self.skipped, "duplicates": self.duplicates, "stats": self.stats.state(),
             "fields": sorted(self.fields),
         }  # fmt: skip
-        path = self.settings.part_path(self.task.number)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-        with create_new(tmp, "w") as f:  # NOTE [ Temporary files ] in fastdata.shards.files
-            json.dump(part, f)
-        os.replace(tmp, path)
+        write_part(self.settings, part)
         return part
 
     def abort(self) -> None:
         """Deletes the shard being written."""
         self.writer.abort()
+
+
+def write_part(settings: TaskSettings, part: dict[str, Any]) -> None:
+    """Writes a task's part under a temporary name of its own and renames it into place."""
+    path = settings.part_path(part["number"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with create_new(tmp, "w") as f:  # NOTE [ Temporary files ] in fastdata.shards.files
+        json.dump(part, f)
+    os.replace(tmp, path)
 
 
 def run_shard_task(source, task: ShardTask, settings: TaskSettings) -> tuple[dict[str, Any], bool]:

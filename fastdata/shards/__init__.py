@@ -7,6 +7,7 @@
 - :mod:`.index`: the JSON index beside the shards (counts, sizes, hashes, statistics).
 - :mod:`.verify`: the ``fastdata verify`` command.
 - :mod:`.shardmap`: a local shard memory-mapped with its member table, for the loaders.
+- :mod:`.tokens`: token shards (one contiguous token array per shard, memory-mapped).
 
 The lowest wing: it imports only :mod:`fastdata.errors`.
 """

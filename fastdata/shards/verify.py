@@ -4,7 +4,10 @@ Every problem is reported with its shard and key rather than stopping at the fir
 unreadable or truncated shards, bad tar headers, members without an extension, dotted
 folder names, dotted file names that split a key (``img.2.jpg`` read as key ``img`` with
 extension ``2.jpg``), a sample's files not contiguous, an extension twice in a sample, and
-sample counts, byte sizes and SHA-256 hashes that do not match the index.
+sample counts, byte sizes and SHA-256 hashes that do not match the index. Token shards
+(``fastdata.shards.tokens``) are also checked for their own rules: document offsets
+consistent with the tokens, each document ending with the end-of-document token, and the
+token counts and offset the index records.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from fastdata.errors import FastdataError, ShardError
 from fastdata.shards.index import resolve_shards
 from fastdata.shards.tario import is_meta, iter_members, split_name
+from fastdata.shards.tokens import is_token_meta, token_shard_problems
 from fastdata.shards.urls import open_url
 
 
@@ -42,6 +46,7 @@ class ShardScan:
     size: int
     sha256: str
     problems: list[Problem]
+    tokens: bool = False  # a token shard (its .json member says so)
 
 
 class _HashingReader:
@@ -68,11 +73,13 @@ def scan_shard(url: str) -> ShardScan:
     problems: list[Problem] = []
     samples: dict[str, set[str]] = {}
     order: list[str] = []
+    tokens = False
     try:
         with open_url(url) as raw:
             stream = _HashingReader(raw)
-            for name, _ in iter_members(stream, url):
+            for name, data in iter_members(stream, url):
                 _check_member(url, name, samples, order, problems)
+                tokens = tokens or (len(samples) == 1 and name.endswith(".json") and is_token_meta(data))
             problems += _split_keys(url, samples)
             stream.drain()
     except ShardError as exc:
@@ -81,7 +88,7 @@ def scan_shard(url: str) -> ShardScan:
     except OSError as exc:  # a read that fails after opening (a remote or pipe: stream)
         problems.append(Problem(url, f"cannot read: {exc}"))
         stream = locals().get("stream") or _HashingReader(None)
-    return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), problems)
+    return ShardScan(url, len(samples), stream.size, stream.hash.hexdigest(), problems, tokens)
 
 
 def _check_member(url: str, name: str, samples: dict, order: list, problems: list[Problem]) -> None:
@@ -144,7 +151,10 @@ def verify(shards: str | list[str]) -> tuple[list[Problem], int]:
             continue
         scan = scan_shard(url)
         scans.append(scan)
-        problems += scan.problems + _compare(scan, expected.get(os.path.basename(url)), index is not None)
+        entry = expected.get(os.path.basename(url))
+        problems += scan.problems + _compare(scan, entry, index is not None)
+        if scan.tokens and not scan.problems:
+            problems += [Problem(url, message) for message in token_shard_problems(url, entry)]
         total += scan.count
     if index is not None and index.get("num_samples") not in (None, total) and len(scans) == len(urls):
         problems.append(Problem(index_path, f"index says {index['num_samples']} samples, shards hold {total}"))

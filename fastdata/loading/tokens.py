@@ -1,0 +1,447 @@
+"""``TokenDataset``: token shards streamed as ``(B, T)`` batches for language models.
+
+Usage::
+
+    data = TokenDataset("tok/train-{000000..000099}.tar", seq_len=1024, mode="concat",
+                        shuffle=True, seed=0)
+    loader = fastdata.DataLoader(data, batch_size=32, num_workers=2)
+    for epoch in range(epochs):
+        for batch in loader:          # dict of tensors, see below
+            logits = model(batch["input_ids"], position_ids=batch["position_ids"])
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())  # -100 ignored
+        checkpoint = {"data": data.state_dict(), ...}   # at any batch
+
+Modes (``fastdata.loading.packing``): ``"concat"`` cuts the dataset's token stream into rows
+(pretraining), ``"aligned"`` packs whole documents (cut into pieces of at most ``T + 1``
+tokens) into rows by best fit decreasing, one shard at a time (or ``window`` documents at a
+time), and ``"padded"`` puts one document per row, truncated and padded (fine-tuning,
+classification). A batch of the packed modes is ``{"input_ids", "targets", "position_ids"}``
+(int64 ``(B, T)``; targets -100 where none), ``"segment_ids"`` (int32 ``(B, T)``: the
+document's number within its row, -1 on padding) and ``"cu_seqlens"`` (int32, the
+segments' offsets in the flattened batch, FlashAttention's varlen convention); of the
+padded mode ``{"input_ids", "targets", "attention_mask"}`` (bool ``(B, T)``), ``"lengths"``
+and ``"labels"`` (int64 ``(B,)``, -1 without a label).
+
+The *units* of an epoch are rows (concat, aligned) or documents (padded), numbered across
+the shards in list order; their counts come from the index (or the shards' small metadata
+members), never from reading tokens. ``_schedule`` orders them (NOTE [ The order seam ]).
+Batches are gathered from the memory-mapped shards by compiled kernels, in worker threads.
+
+State (``state_dict()``): ``epoch``, ``batches`` and ``samples`` (units) delivered this epoch
+and ``limit`` (batches this epoch), plus what fixes the order (``mode``, ``seq_len``,
+``seed``, ``rank``, ``world_size``, ``shuffle``, ``drop_last``, ``batch_size``, ``shards``: a
+hash of the shard names), checked on load. A resumed run recomputes the epoch's order and
+skips the delivered batches, so it yields exactly the batches the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from fastdata.loading.packing import concat_rows, fill_rows, pack_documents
+from fastdata.loading.token_source import TokenSource
+from fastdata.shards.urls import expand_urls
+
+__all__ = ["MODES", "TokenDataset", "TokenStats"]
+
+MODES = ("concat", "aligned", "padded")
+_STATE_VERSION = 1
+
+
+@dataclass
+class TokenStats:
+    """Counters summed over every epoch.
+
+    Attributes:
+        batches: batches yielded.
+        rows: rows yielded.
+        tokens: input tokens yielded, padding excluded.
+        wait_s: seconds the consumer waited for a batch.
+        elapsed_s: seconds from each epoch's first request to its last batch.
+    """
+
+    batches: int = 0
+    rows: int = 0
+    tokens: int = 0
+    wait_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Throughput so far."""
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class TokenDataset(torch.utils.data.IterableDataset):
+    """Token shards as ``(B, T)`` batches (see the module docstring).
+
+    Args:
+        urls: token shard paths or URLs (brace patterns, ``pipe:``, fsspec).
+        seq_len: ``T``, the inputs per row.
+        mode: ``"concat"``, ``"aligned"`` or ``"padded"``.
+        shuffle: a new order of the units every epoch.
+        seed: seeds the order.
+        index: path or URL of the shards' index (default: the one beside local shards;
+            required for remote shards).
+        rank: this process's rank; default from ``torch.distributed`` (0 without it).
+        world_size: number of ranks; default from ``torch.distributed`` (1 without it).
+        drop_last: drop the rank's last partial batch (default: fixed shapes).
+        dtype: dtype of ``input_ids``, ``targets`` and ``position_ids``.
+        pad_id: the input token of padding.
+        window: documents packed together in ``"aligned"`` mode (None: a shard's).
+        cache: opened shards kept at once.
+
+    Raises:
+        ValueError: an unknown mode, no shards, a bad ``seq_len`` or rank.
+    """
+
+    def __init__(
+        self,
+        urls: str | Iterable[str],
+        seq_len: int,
+        *,
+        mode: str = "concat",
+        shuffle: bool = False,
+        seed: int = 0,
+        index: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = True,
+        dtype: torch.dtype = torch.int64,
+        pad_id: int = 0,
+        window: int | None = None,
+        cache: int = 16,
+    ) -> None:
+        self.urls = expand_urls(urls)
+        if not self.urls:
+            raise ValueError("TokenDataset needs at least one shard")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not _whole(seq_len) or seq_len < 1:
+            raise ValueError(f"seq_len must be a whole number of tokens >= 1, got {seq_len!r}")
+        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
+            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        if window is not None and (not _whole(window) or window < 1):
+            raise ValueError(f"window must be a whole number of documents >= 1 or None, got {window!r}")
+        self.seq_len, self.mode, self.shuffle, self.seed = int(seq_len), mode, bool(shuffle), int(seed)
+        self.index, self.drop_last, self.dtype, self.pad_id = index, bool(drop_last), dtype, int(pad_id)
+        self.window, self._cache_size = window, int(cache)
+        self._rank, self._world_size = rank, world_size
+        self._source: TokenSource | None = None
+        self._unit_starts: np.ndarray | None = None  # units per shard, cumulated (aligned, padded)
+        self._pieces: tuple[np.ndarray, ...] | None = None  # aligned: rows of pieces over all shards
+        self._epoch = 0
+        self._resume: dict | None = None
+        self._consumed: dict | None = None
+        self.stats = TokenStats()
+
+    # -- sizes -----------------------------------------------------------------------------
+
+    @property
+    def source(self) -> TokenSource:
+        """The shards' counts and the cache of opened shards (made on first use)."""
+        if self._source is None:
+            self._source = TokenSource(self.urls, self.index, self._cache_size)
+        return self._source
+
+    def world(self) -> tuple[int, int]:
+        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
+        if self._world_size is not None:
+            return self._rank, self._world_size
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def units(self) -> int:
+        """Units of an epoch over all ranks: rows (concat, aligned) or documents (padded)."""
+        if self.mode == "concat":
+            return concat_rows(int(self.source.tokens.sum()), self.seq_len)
+        return int(self._starts()[-1])
+
+    def _starts(self) -> np.ndarray:
+        """Cumulated units per shard (aligned: rows, packed now; padded: documents)."""
+        if self._unit_starts is None:
+            if self.mode == "aligned":
+                self._pack()
+            else:
+                self._unit_starts = np.concatenate([[0], np.cumsum(self.source.documents)]).astype(np.int64)
+        return self._unit_starts
+
+    def _pack(self) -> None:
+        """Packs every shard's documents (NOTE [ Best fit decreasing and its waste ]); reads
+        each shard's document offsets, not its tokens."""
+        rows, shard, lo, length = [], [], [], []
+        for s in range(len(self.urls)):
+            packing = pack_documents(self.source.shard(s).docs, self.seq_len, self.window)
+            rows.append(np.diff(packing.row_starts))
+            shard.append(np.full(len(packing.lo), s, np.int64))
+            lo.append(packing.lo)
+            length.append(packing.length)
+        per_row = np.concatenate(rows)
+        row_starts = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+        self._pieces = (row_starts, np.concatenate(shard), np.concatenate(lo), np.concatenate(length))
+        self._unit_starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        """Units (rows or documents) of this rank's epoch (torch's ``IterableDataset`` convention)."""
+        return self.units() // self.world()[1]
+
+    def num_batches(self, batch_size: int, num_workers: int = 2) -> int:
+        """Batches of this rank's next epoch (the same on every rank)."""
+        per = self.units() // self.world()[1]
+        return per // int(batch_size) if self.drop_last else -(-per // int(batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch the next iteration runs (iterations otherwise count epochs themselves)."""
+        self._epoch, self._resume = int(epoch), None
+
+    # -- the order -----------------------------------------------------------------------
+
+    def _schedule(self, epoch: int, rank: int, world_size: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The units this rank delivers in ``epoch``, in order, and its batch boundaries.
+
+        NOTE [ The order seam ]
+        Every order decision of ``TokenDataset`` is made here, so a global epoch order (one
+        permutation of all units as a pure function of ``(seed, epoch)``, split into
+        contiguous ranges over the ranks) plugs in by replacing this method alone. For
+        now: the units permuted by a Philox generator keyed by ``(seed, epoch)`` when
+        shuffling (else in order), split into ``world_size`` contiguous equal ranges (the
+        remainder of fewer than ``world_size`` units is dropped, so every rank has the
+        same count, NOTE [ Equal batches per rank ] in ``fastdata.loading.sampling``), cut
+        into batches of ``batch_size`` (``drop_last`` drops the partial last one).
+
+        Returns:
+            ``(units, starts)``: int64 unit ids in delivery order, and ``batches + 1``
+            offsets: batch ``b`` is ``units[starts[b]:starts[b + 1]]``.
+        """
+        n = self.units()
+        if self.shuffle:
+            key = np.random.SeedSequence([_u64(self.seed), _u64(epoch), 0x544F4B454E])
+            order = np.random.Generator(np.random.Philox(key)).permutation(n).astype(np.int64)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        per = n // world_size
+        mine = order[rank * per : (rank + 1) * per]
+        batches = per // batch_size if self.drop_last else -(-per // batch_size)
+        return mine, np.minimum(np.arange(batches + 1, dtype=np.int64) * batch_size, per)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The state after the last batch delivered (see the module docstring for the keys)."""
+        state = self._resume or self._consumed
+        if state is None:
+            return {"epoch": self._epoch, "batches": 0, "samples": 0, "limit": None}
+        if state["limit"] is not None and state["batches"] >= state["limit"]:
+            state = {**state, "epoch": state["epoch"] + 1, "batches": 0, "samples": 0, "limit": None}
+        return json.loads(json.dumps(state))
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Makes the next iteration continue exactly where ``state`` was taken.
+
+        Raises:
+            ValueError: the state was taken with another order (seed, mode, ranks, shards...).
+        """
+        if not state.get("batches"):
+            self.set_epoch(state["epoch"])
+            return
+        for key, value in self._header().items():
+            if state.get(key) != value:
+                what = "the shard list" if key == "shards" else f"{key}={state.get(key)!r}"
+                now = "another" if key == "shards" else repr(value)
+                raise ValueError(f"state_dict was taken with {what}, this run has {now}: resume "
+                                 "with the dataset's arguments of the run that saved it")  # fmt: skip
+        self._resume = dict(state)
+        self._epoch = int(state["epoch"])
+
+    def _header(self) -> dict:
+        rank, world = self.world()
+        names = "\n".join(url.rsplit("/", 1)[-1] for url in self.urls)
+        return {"version": _STATE_VERSION, "mode": self.mode, "seq_len": self.seq_len, "seed": self.seed,
+                "rank": rank, "world_size": world, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "shards": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def __fastdata_iter__(self, loader: Any) -> Iterator[dict]:
+        """How ``fastdata.DataLoader`` iterates this dataset: ``iter_batches`` with its arguments."""
+        return self.iter_batches(loader.batch_size, num_workers=loader.num_workers,
+                                 device=getattr(loader, "device", None), timeout=loader.timeout,
+                                 prefetch=loader.prefetch_factor or 2)  # fmt: skip
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        num_workers: int = 2,
+        device: torch.device | str | None = None,
+        timeout: float = 0,
+        prefetch: int = 2,
+    ) -> Iterator[dict]:
+        """One epoch of batches (dicts of tensors, see the module docstring).
+
+        Args:
+            batch_size: rows per batch.
+            num_workers: threads building batches (the kernels release the GIL); 0 builds
+                them in the calling thread.
+            device: where the batches go (None: stay on the CPU).
+            timeout: seconds to wait for one batch before ``TimeoutError`` (0: no limit).
+            prefetch: batches each thread prepares ahead.
+
+        Raises:
+            ValueError: a bad argument, or a loaded state taken with another batch size.
+        """
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("prefetch", prefetch, 1)):
+            if not _whole(value) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        start = self._resume or {"epoch": self._epoch, "batches": 0}
+        if start.get("batch_size", batch_size) != batch_size:
+            raise ValueError(f"state_dict was taken with batch_size={start['batch_size']}, this run has "
+                             f"batch_size={batch_size}: resume with the same batch_size")  # fmt: skip
+        self._resume = None
+        epoch, first, bs = int(start["epoch"]), int(start["batches"]), int(batch_size)
+        self._epoch = epoch + 1
+        units, starts = self._schedule(epoch, *self.world(), bs)
+        header = {**self._header(), "batch_size": bs, "limit": len(starts) - 1}
+        self._consumed = {**header, "epoch": epoch, "batches": first, "samples": int(starts[min(first, len(starts) - 1)])}
+        return self._epoch_batches(epoch, units, starts, header, first, int(num_workers), device,
+                                   float(timeout), int(prefetch))  # fmt: skip
+
+    def _epoch_batches(self, epoch: int, units: np.ndarray, starts: np.ndarray, header: dict, first: int,
+                       workers: int, device, timeout: float, prefetch: int) -> Iterator[dict]:  # fmt: skip
+        stop, ahead_n = len(starts) - 1, max(1, workers * prefetch)
+        build = lambda b: self._batch(units[starts[b] : starts[b + 1]])  # noqa: E731
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fastdata-tokens") if workers else None
+        ahead: deque = deque()
+        submitted, clock = first, time.perf_counter()
+        try:
+            for b in range(first, stop):
+                if pool is None:
+                    batch = build(b)
+                else:
+                    while submitted < min(stop, b + ahead_n):
+                        ahead.append(pool.submit(build, submitted))
+                        submitted += 1
+                    waited = time.perf_counter()
+                    batch = ahead.popleft().result(timeout=timeout or None)
+                    self.stats.wait_s += time.perf_counter() - waited
+                self._consumed = {**header, "epoch": epoch, "batches": b + 1, "samples": int(starts[b + 1])}
+                self._count(batch)
+                self.stats.elapsed_s += time.perf_counter() - clock
+                yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                clock = time.perf_counter()
+            self._consumed = {**header, "epoch": epoch + 1, "batches": 0, "samples": 0, "limit": None}
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self.source.clear()
+
+    def _count(self, batch: dict) -> None:
+        rows = len(batch["input_ids"])
+        self.stats.batches += 1
+        self.stats.rows += rows
+        if "lengths" in batch:
+            self.stats.tokens += int(batch["lengths"].sum())
+        else:
+            self.stats.tokens += int((batch["segment_ids"] >= 0).sum())
+
+    def _batch(self, units: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of the given units (rows or documents)."""
+        b, t = len(units), self.seq_len
+        window = np.empty((b, t + 1), np.int64)
+        marks = np.zeros((b, t + 1), np.bool_)
+        row, shard, lo, n, at, row_len = getattr(self, f"_{self.mode}_pieces")(units)
+        self.source.gather(shard, row, lo, n, at, window, marks, self.mode != "concat")
+        out = fill_rows(window, row_len, marks, cross_targets=self.mode == "concat", pad_id=self.pad_id)
+        batch = {k: torch.from_numpy(v) for k, v in out.items()}
+        if self.mode == "padded":
+            del batch["cu_seqlens"], batch["position_ids"]
+            segment = batch.pop("segment_ids")
+            batch["attention_mask"] = segment >= 0
+            batch["lengths"] = torch.from_numpy(np.minimum(row_len, t))
+            batch["labels"] = torch.from_numpy(self._labels(units))
+        if self.dtype != torch.int64:
+            for key in ("input_ids", "targets", "position_ids"):
+                if key in batch:
+                    batch[key] = batch[key].to(self.dtype)
+        return batch
+
+    def _concat_pieces(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Row ``r`` is ``stream[r*T : r*T + T + 1]``: its runs in each shard it spans."""
+        t, starts = self.seq_len, self.source.token_starts
+        a = units * t
+        first = np.searchsorted(starts, a, side="right") - 1
+        last = np.searchsorted(starts, a + t, side="right") - 1
+        row, shard = _expand(first, last - first + 1)
+        lo = np.maximum(a[row], starts[shard])
+        hi = np.minimum(a[row] + t + 1, starts[shard + 1])
+        keep = hi > lo
+        row, shard, lo, hi = row[keep], shard[keep], lo[keep], hi[keep]
+        return row, shard, lo - starts[shard], hi - lo, lo - a[row], np.full(len(units), t + 1, np.int64)
+
+    def _aligned_pieces(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pieces best fit decreasing put in each row, one after another."""
+        row_starts, shard, lo, length = self._pieces  # type: ignore[misc]
+        row, piece = _expand(row_starts[units], row_starts[units + 1] - row_starts[units])
+        n = length[piece]
+        row_len = np.bincount(row, weights=n, minlength=len(units)).astype(np.int64)
+        at = np.cumsum(n) - n - np.repeat(np.cumsum(row_len) - row_len, np.diff(row_starts)[units])
+        return row, shard[piece], lo[piece], n, at, row_len
+
+    def _padded_pieces(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Document ``d`` truncated to ``T + 1`` tokens."""
+        shard = np.searchsorted(self._starts(), units, side="right") - 1
+        doc = units - self._starts()[shard]
+        lo, n = np.empty(len(units), np.int64), np.empty(len(units), np.int64)
+        for i, (s, d) in enumerate(zip(shard.tolist(), doc.tolist(), strict=True)):
+            docs = self.source.shard(s).docs
+            lo[i], n[i] = docs[d], min(docs[d + 1] - docs[d], self.seq_len + 1)
+        return np.arange(len(units)), shard, lo, n, np.zeros(len(units), np.int64), n
+
+    def _labels(self, units: np.ndarray) -> np.ndarray:
+        shard = np.searchsorted(self._starts(), units, side="right") - 1
+        out = np.full(len(units), -1, np.int64)
+        for i, (s, d) in enumerate(zip(shard.tolist(), (units - self._starts()[shard]).tolist(), strict=True)):
+            labels = self.source.shard(s).labels
+            if labels is not None:
+                out[i] = labels[d]
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        """Single rows for torch's DataLoader (workers split the batches by ``get_worker_info``)."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = self.world()
+        units, _ = self._schedule(self._epoch, rank, world, 1)
+        for lo in range(worker * 64, len(units), workers * 64):
+            batch = self._batch(units[lo : lo + 64])
+            for i in range(len(batch["input_ids"])):
+                yield {k: v[i] for k, v in batch.items() if k != "cu_seqlens"}
+
+
+def _expand(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, value)`` pairs: row ``i`` repeated ``count[i]`` times with ``first[i], first[i] + 1, ...``."""
+    row = np.repeat(np.arange(len(first), dtype=np.int64), count)
+    step = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    return row, np.repeat(first, count) + step
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _u64(value: int) -> int:
+    return int(value) & 0xFFFFFFFFFFFFFFFF
