@@ -38,31 +38,43 @@ def _weights(path) -> dict:
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_pretrain_resume_and_fine_tune(shards, tmp_path, capsys):
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    assert main(["train-lm", str(shards), *ARCH, "--epochs", "2", "--lr", "3e-3", "--out", str(whole)]) == 0
-    printed = capsys.readouterr().out
-    assert "perplexity" in printed and "tokens/s" in printed
-    history = json.loads((whole / "history.json").read_text())["epochs"]
-    assert history[-1]["val_loss"] < history[0]["train_loss"]  # validation from val.index.json
-    assert (whole / "training.png").stat().st_size > 10_000 and not (whole / "confusion.png").exists()
+@pytest.fixture(scope="module")
+def pretrained(shards, tmp_path_factory):
+    """``fastdata train-lm`` run for two epochs: its output folder and what it printed."""
+    out = tmp_path_factory.mktemp("lm") / "whole"
+    assert main(["train-lm", str(shards), *ARCH, "--epochs", "2", "--lr", "3e-3", "--out", str(out)]) == 0
+    return out
 
+
+def test_pretraining_reports(pretrained):
+    history = json.loads((pretrained / "history.json").read_text())["epochs"]
+    assert history[-1]["val_loss"] < history[0]["train_loss"]  # validation from val.index.json
+    assert history[-1]["val_perplexity"] > 1 and history[-1]["tokens_per_sec"] > 0
+    assert (pretrained / "training.png").stat().st_size > 10_000
+    assert not (pretrained / "confusion.png").exists()
+
+
+def test_pretraining_resumes_exactly(shards, pretrained, tmp_path, capsys):
     # One epoch, then --resume up to two: the same weights as the uninterrupted run.
+    part = tmp_path / "part"
     assert main(["train-lm", str(shards), *ARCH, "--epochs", "1", "--lr", "3e-3", "--out", str(part)]) == 0
     assert main(["train-lm", str(shards), "--epochs", "2", "--lr", "3e-3", "--out", str(part), "--resume",
                  *ARCH]) == 0  # fmt: skip
-    a, b = _weights(whole / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "tokens/s" in printed
+    a, b = _weights(pretrained / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
     for key, value in a.items():
         if isinstance(value, torch.Tensor):
             torch.testing.assert_close(value, b[key], msg=key)
 
+
+def test_fine_tuning_a_classifier(shards, pretrained, tmp_path, capsys):
     tuned = tmp_path / "tuned"
-    init = whole / "checkpoints" / "last.pt"
+    init = pretrained / "checkpoints" / "last.pt"
     assert main(["train-lm", "--classify", "--init", str(init), "--train-last", "1", str(shards),
                  "--batch-size", "8", "--epochs", "3", "--lr", "3e-3", "--workers", "1", "--no-progress",
                  "--out", str(tuned)]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "macro avg" in printed
+    assert "macro avg" in capsys.readouterr().out
     metrics = json.loads((tuned / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"cats", "dogs"}
     assert metrics["accuracy"] > 0.8  # chance 0.5: the words tell the classes apart

@@ -37,19 +37,22 @@ class TextBudget:
         seq_len: tokens (bytes) per row, in pretraining and classification.
         batch_size: rows per batch.
         pretrain_epochs, pretrain_steps: pretraining length (steps: per epoch, None = all).
-        finetune_epochs: epochs of classification fine-tuning.
-        train_last: backbone blocks fine-tuned with the head.
+        finetune_epochs, finetune_lr: classification fine-tuning (AdamW, cosine).
+        train_last: backbone blocks fine-tuned with the head (the embeddings stay frozen).
+        pool: what the classification head reads (``GPTClassifier``'s ``pool``).
         model: the GPT's ``n_layer``, ``n_head`` and ``n_embd``.
     """
 
     per_class: int = 200
     max_chars: int = 1000
-    seq_len: int = 128
-    batch_size: int = 16
+    seq_len: int = 256
+    batch_size: int = 8
     pretrain_epochs: int = 1
-    pretrain_steps: int | None = 100
-    finetune_epochs: int = 3
-    train_last: int = 1
+    pretrain_steps: int | None = 300
+    finetune_epochs: int = 4
+    finetune_lr: float = 3e-3
+    train_last: int = 2
+    pool: str = "mean"
     model: tuple[int, int, int] = (2, 4, 96)
 
 
@@ -103,10 +106,11 @@ def fine_tune(data: dict, out: Path, budget: TextBudget, checkpoint: str, seed: 
                                            batch_size=budget.batch_size, mode="padded", seed=seed)  # fmt: skip
     names = class_names(index)
     torch.manual_seed(seed)
-    model = GPTClassifier(gpt_config_of(checkpoint), num_classes=len(names))
+    model = GPTClassifier(gpt_config_of(checkpoint), num_classes=len(names), pool=budget.pool)
     model.load_backbone(checkpoint)
     model.freeze(train_last=budget.train_last)
-    result = fit(model, train, val_loader=val, task=Classification(), epochs=budget.finetune_epochs, lr=1e-3,
+    result = fit(model, train, val_loader=val, task=Classification(), epochs=budget.finetune_epochs,
+                 lr=budget.finetune_lr,
                  optimizer="adamw", weight_decay=0.01, device="cpu", seed=seed, log_every=10,
                  checkpoint_dir=out / "classifier" / "checkpoints", progress=False)  # fmt: skip
     paths = write_report(result, names, out / "classifier")

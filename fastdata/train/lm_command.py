@@ -25,6 +25,7 @@ from torch import nn
 
 from fastdata.errors import FastdataError, SourceError
 from fastdata.pictures.gallery import at_least
+from fastdata.train.checkpoint import seed_everything
 from fastdata.train.command import _positive_float
 from fastdata.train.gpt import GPT, GPTClassifier, GPTConfig, gpt_config_of
 from fastdata.train.loop import TrainResult, fit, write_report
@@ -114,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--freeze", action="store_true", help="with --classify: train the head only")
     group.add_argument("--train-last", type=at_least(0), metavar="N",
                        help="with --classify: train the head and the last N blocks")  # fmt: skip
-    p.add_argument("--pool", choices=("last", "mean"), default="last", help="with --classify: what the head reads")
+    p.add_argument("--pool", choices=("mean", "last"), default="mean",
+                   help="with --classify: the head reads the mean hidden state, or the last token's")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--out", default="fastdata-train-lm", help="output folder")
     p.add_argument("--workers", type=at_least(0), default=2, help="loader worker threads")
@@ -163,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         mode="padded" if args.classify else args.mode, workers=args.workers, seed=args.seed,
     )  # fmt: skip
     names = class_names(index)
+    seed_everything(args.seed)  # the new weights are a function of --seed
     if args.classify:
         model, task = _classifier(args, config, names), Classification()
     else:
