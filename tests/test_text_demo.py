@@ -26,15 +26,9 @@ def test_corpus_is_balanced_labelled_and_split_without_overlap(tmp_path):
     assert sum("Parameters\n----------" in t for t in numpy_docs) > len(numpy_docs) // 3
 
 
-@pytest.mark.slow
-def test_tiny_text_demo_learns(tmp_path):
-    budget = TextBudget(per_class=40, max_chars=400, seq_len=64, batch_size=8, pretrain_steps=30,
-                        finetune_epochs=4, train_last=2, model=(2, 2, 48))  # fmt: skip
+def _run(tmp_path, budget: TextBudget) -> tuple[dict, str]:
     report = run_demo(str(tmp_path / "report"), images=False, text=budget)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["text"]
-    pre, clf = summary["pretraining"], summary["classifier"]
-    assert pre["loss_end"] < pre["loss_start"] - 1.0  # from about log(258) = 5.55 nats per byte
-    assert clf["chance"] == 0.25 and clf["accuracy"] > 0.4  # on 40 held-out documents
     text = open(report).read()
     assert "## Language model" in text and "chance 25%" in text
     for png in ("text/pretraining/training.png", "text/classifier/training.png",
@@ -42,3 +36,25 @@ def test_tiny_text_demo_learns(tmp_path):
         assert f"]({png})" in text
         with Image.open(tmp_path / "report" / png) as image:
             assert image.format == "PNG"
+    return summary, text
+
+
+def test_tiny_text_demo_runs_every_step(tmp_path):
+    # Too little training to tell the libraries apart: this checks the plumbing and the
+    # pretraining; test_text_demo_beats_chance checks the classifier.
+    budget = TextBudget(per_class=12, max_chars=300, seq_len=64, batch_size=8, pretrain_steps=20,
+                        finetune_epochs=1, model=(1, 2, 32))  # fmt: skip
+    summary, _ = _run(tmp_path, budget)
+    pre, clf = summary["pretraining"], summary["classifier"]
+    assert pre["loss_end"] < pre["loss_start"] - 0.5  # from about log(258) = 5.55 nats per byte
+    assert clf["chance"] == 0.25 and 0 <= clf["accuracy"] <= 1
+    assert summary["data"]["corpus"]["val_documents"] == 4 * 2
+
+
+@pytest.mark.slow
+def test_text_demo_beats_chance(tmp_path):
+    # The demo's default budget (a few minutes on 2 CPU cores): 160 held-out documents.
+    summary, _ = _run(tmp_path, TextBudget())
+    pre, clf = summary["pretraining"], summary["classifier"]
+    assert pre["loss_end"] < pre["loss_start"] - 1.0
+    assert clf["accuracy"] > 2 * clf["chance"]

@@ -109,3 +109,15 @@ def test_a_batch_without_targets_adds_nothing():
              "targets": torch.full((2, 5), -100)}  # fmt: skip
     out = LanguageModeling().step(GPT(CONFIG), batch)
     assert out.loss.item() == 0.0 and int(out.units) == 0 and out.samples == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pretraining_on_cuda_with_amp():
+    train = packed(documents(400, VOCAB, seed=1), batch_size=8, seq_len=32)
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    result = fit(model, train, val_loader=train[:4], task=LanguageModeling(), epochs=2, lr=1e-2,
+                 optimizer="adamw", weight_decay=0.0, device="cuda", amp=True, progress=False)  # fmt: skip
+    assert next(model.parameters()).is_cuda
+    assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["train_loss"]

@@ -86,7 +86,7 @@ def collect(max_chars: int = 2000, limit: int | None = None) -> dict[str, list[s
     """The documents of every class (see the module docstring), each cut to ``max_chars``,
     duplicates removed; with ``limit``, a class's sources are read (in file order) only
     until it has that many."""
-    found = {"python-reference": python_reference(max_chars)[:limit]}
+    found = {"python-reference": [p[:max_chars] for p in python_reference(max_chars)[:limit]]}
     for label, packages in SOURCES.items():
         texts = (d[:max_chars] for p in packages for d in docstrings(p))
         found[label] = list(itertools.islice(texts, limit))

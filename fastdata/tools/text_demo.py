@@ -47,17 +47,17 @@ class TextBudget:
     max_chars: int = 1000
     seq_len: int = 256
     batch_size: int = 8
-    pretrain_epochs: int = 1
-    pretrain_steps: int | None = 300
-    finetune_epochs: int = 4
+    pretrain_epochs: int = 3
+    pretrain_steps: int | None = None
+    finetune_epochs: int = 5
     finetune_lr: float = 3e-3
     train_last: int = 2
     pool: str = "mean"
     model: tuple[int, int, int] = (2, 4, 96)
 
 
-FULL = TextBudget(per_class=300, max_chars=2000, pretrain_epochs=2, pretrain_steps=None, finetune_epochs=5,
-                  train_last=2, model=(4, 4, 128))  # fmt: skip
+FULL = TextBudget(per_class=300, max_chars=2000, pretrain_epochs=3, finetune_epochs=6, train_last=2,
+                  model=(4, 4, 128))  # fmt: skip
 
 
 def text_shards(out: Path, budget: TextBudget, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
