@@ -43,7 +43,7 @@ def test_tiny_text_demo_runs_every_step(tmp_path):
     # Too little training to tell the libraries apart: this checks the plumbing and the
     # pretraining; test_text_demo_beats_chance checks the classifier.
     budget = TextBudget(per_class=12, max_chars=300, seq_len=64, batch_size=8, pretrain_steps=20,
-                        finetune_epochs=1, model=(1, 2, 32))  # fmt: skip
+                        finetune_epochs=1, train_last=1, model=(1, 2, 32))  # fmt: skip
     summary, _ = _run(tmp_path, budget)
     pre, clf = summary["pretraining"], summary["classifier"]
     assert pre["loss_end"] < pre["loss_start"] - 0.5  # from about log(258) = 5.55 nats per byte
