@@ -19,6 +19,7 @@ COMMANDS = {
     "index": "fastdata.shards.indexing",
     "sample-data": "fastdata.tools.sample_data",
     "train": "fastdata.train.command",
+    "train-lm": "fastdata.train.lm_command",
     "show": "fastdata.pictures.gallery",
     "stats": "fastdata.pictures.gallery",
     "bench": "fastdata.tools.workloads",

@@ -286,12 +286,16 @@ def plot_training(
 ) -> str:
     """Plots loss, accuracy and throughput curves of a training run.
 
+    A language model's history (with ``train_perplexity``) gets perplexity instead of
+    accuracy in the middle panel and tokens/s for throughput.
+
     Args:
         history: per-epoch records as in ``fastdata.train.loop.TrainResult.history``.
         path: PNG file to write.
         steps: optional per-log-step records (``epoch``, ``loss``) for a finer loss curve.
     """
     epochs = [h["epoch"] for h in history]
+    lm = bool(history) and "train_perplexity" in history[0]
     fig = _figure(16, 4.6)
     loss_ax, acc_ax, speed_ax = fig.subplots(1, 3)
     if steps:
@@ -304,27 +308,41 @@ def plot_training(
     if values and min(values) > 0 and max(values) / min(values) > 30:
         loss_ax.set_yscale("log")  # one early spike would flatten every other point
         loss_ax.set_ylabel("cross-entropy (log scale)")
-    acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", color="#1f77b4",
-                label="train accuracy")  # fmt: skip
-    _curve(acc_ax, history, epochs, "val_accuracy", "validation accuracy", "#ff7f0e")
-    _curve(acc_ax, history, epochs, "val_macro_f1", "validation macro F1", "#2ca02c", "s--")
-    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="score", ylim=(0, 1.02))
-    acc_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    bars = speed_ax.bar(epochs, [h["samples_per_sec"] for h in history], color="#4c72b0",
-                        width=0.6, label="samples/s")  # fmt: skip
+    if lm:
+        _perplexity_panel(acc_ax, history, epochs, steps)
+    else:
+        acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", color="#1f77b4",
+                    label="train accuracy")  # fmt: skip
+        _curve(acc_ax, history, epochs, "val_accuracy", "validation accuracy", "#ff7f0e")
+        _curve(acc_ax, history, epochs, "val_macro_f1", "validation macro F1", "#2ca02c", "s--")
+        acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="score", ylim=(0, 1.02))
+        acc_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    unit = "tokens" if lm else "samples"
+    bars = speed_ax.bar(epochs, [h[f"{unit}_per_sec"] for h in history], color="#4c72b0",
+                        width=0.6, label=f"{unit}/s")  # fmt: skip
     for bar, h in zip(bars, history, strict=True):
         speed_ax.annotate(f"{h['data_wait_share']:.0%} wait", (bar.get_x() + bar.get_width() / 2,
                           bar.get_height()), ha="center", va="bottom", fontsize=9)  # fmt: skip
     speed_ax.set(title="Throughput (label: share of time waiting for data)", xlabel="epoch",
-                 ylabel="training samples / second")  # fmt: skip
+                 ylabel=f"training {unit} / second")  # fmt: skip
     speed_ax.title.set_fontsize(11)
-    speed_ax.set_ylim(0, max([h["samples_per_sec"] for h in history] + [1e-9]) * 1.12)  # room for the labels
+    speed_ax.set_ylim(0, max([h[f"{unit}_per_sec"] for h in history] + [1e-9]) * 1.12)  # room for the labels
     for ax in (loss_ax, acc_ax, speed_ax):
         ax.set_xticks(epochs)
     for ax in (loss_ax, acc_ax):  # below the axes, never over a point
         ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle("Training", fontsize=15, weight="bold")
     return _save(fig, path)
+
+
+def _perplexity_panel(ax, history, epochs, steps) -> None:
+    """Perplexity (exp of the loss per token) of a language model, log scale."""
+    if steps:
+        ax.plot([s["epoch"] for s in steps], [np.exp(min(s["loss"], 700)) for s in steps],
+                color="#9ecae1", lw=1.2, label="train (per log step)")  # fmt: skip
+    ax.plot(epochs, [h["train_perplexity"] for h in history], "o-", color="#1f77b4", label="train")
+    _curve(ax, history, epochs, "val_perplexity", "validation", "#ff7f0e")
+    ax.set(title="Perplexity", xlabel="epoch", ylabel="perplexity (log scale)", yscale="log")
 
 
 def _curve(ax, history, epochs, key, label, color, fmt="o-") -> None:

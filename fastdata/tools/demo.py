@@ -8,7 +8,10 @@ With no network and no arguments it
 3. pictures them: dataset statistics and a contact sheet after the training transforms;
 4. benchmarks fastdata against torch's DataLoader on the same images (``fastdata.tools.bench``);
 5. trains resnet18 from the shards with the fastdata loader and evaluates it;
-6. writes a report folder: ``REPORT.md`` plus the PNGs, JSON and tables behind it.
+6. the text part (``fastdata.tools.text_demo``): a corpus of Python reference passages and
+   library docstrings, tokenized into token shards, a small GPT pretrained on them and
+   fine-tuned as a classifier of the documents' library;
+7. writes a report folder: ``REPORT.md`` plus the PNGs, JSON and tables behind it.
 """
 
 from __future__ import annotations
@@ -127,15 +130,35 @@ def train(data: dict, out: Path, epochs: int, seed: int) -> dict[str, Any]:
             "report": result.report.to_dict(names) if result.report else None}
 
 
-def write_summary(out: Path, data: dict, pics: dict, bench: dict, trained: dict, seconds: float) -> str:
-    """Step 6: ``REPORT.md``."""
-    from fastdata.tools.bench import Result, markdown_table
-
-    last = trained["history"][-1]
+def write_summary(out: Path, images: dict | None, text: dict | None, seconds: float) -> str:
+    """Step 7: ``REPORT.md`` (and ``summary.json``) of the parts that ran."""
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
     lines = [
         "# fastdata demo report", "",
         f"Made in {seconds / 60:.1f} minutes on {os.cpu_count()} CPU cores, torch {torch.__version__}.", "",
+    ]  # fmt: skip
+    summary: dict[str, Any] = {}
+    if images is not None:
+        lines += _image_section(images, rel)
+        summary.update({"data": images["data"], "bench": images["bench"]["results"],
+                        "training": images["trained"]["history"]})  # fmt: skip
+    if text is not None:
+        from fastdata.tools.text_demo import text_section
+
+        lines += text_section(text, rel)
+        summary["text"] = text
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return str(path)
+
+
+def _image_section(images: dict, rel) -> list[str]:
+    from fastdata.tools.bench import Result, markdown_table
+
+    data, pics, bench, trained = images["data"], images["pics"], images["bench"], images["trained"]
+    last = trained["history"][-1]
+    return [
         "## Data", "",
         f"{data['train']['samples']} training and {data['val']['samples']} validation JPEGs of ImageNet-like "
         "sizes, made from the photographs shipped inside scikit-image and scikit-learn (one class per "
@@ -151,28 +174,38 @@ def write_summary(out: Path, data: dict, pics: dict, bench: dict, trained: dict,
         f"![training]({rel(trained['paths']['training_png'])})", "",
         f"![confusion]({rel(trained['paths']['confusion_png'])})", "",
     ]
-    path = out / "REPORT.md"
-    path.write_text("\n".join(lines))
-    (out / "summary.json").write_text(json.dumps(
-        {"data": data, "bench": bench["results"], "training": trained["history"]}, indent=1, default=str))
-    return str(path)
 
 
 def run_demo(out: str = "demo-report", *, per_class: int = 100, val_per_class: int = 30, epochs: int = 2,
-             repeats: int = 3, seed: int = 0) -> str:
-    """Runs every step; returns the path of ``REPORT.md``."""
+             repeats: int = 3, seed: int = 0, images: bool = True, text=None) -> str:
+    """Runs every step; returns the path of ``REPORT.md``.
+
+    Args:
+        images: run the image part (steps 1-5).
+        text: a ``fastdata.tools.text_demo.TextBudget`` to run the text part (step 6) with,
+            or None to leave it out.
+    """
     start = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    _log("1-2. building the dataset, converting and verifying shards")
-    data = build_data(root, per_class, val_per_class, seed)
-    _log("3. pictures")
-    pics = pictures(data, root)
-    _log("4. throughput benchmark")
-    bench = benchmark(data, root, repeats)
-    _log("5. training resnet18")
-    trained = train(data, root, epochs, seed)
-    return write_summary(root, data, pics, bench, trained, time.perf_counter() - start)
+    image_part = None
+    if images:
+        _log("1-2. building the dataset, converting and verifying shards")
+        data = build_data(root, per_class, val_per_class, seed)
+        _log("3. pictures")
+        pics = pictures(data, root)
+        _log("4. throughput benchmark")
+        bench = benchmark(data, root, repeats)
+        _log("5. training resnet18")
+        trained = train(data, root, epochs, seed)
+        image_part = {"data": data, "pics": pics, "bench": bench, "trained": trained}
+    text_part = None
+    if text is not None:
+        from fastdata.tools.text_demo import run_text_demo
+
+        _log("6. the language model")
+        text_part = run_text_demo(root, text, seed=seed, log=_log)
+    return write_summary(root, image_part, text_part, time.perf_counter() - start)
 
 
 def register(subparsers) -> None:
@@ -184,12 +217,20 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions of each benchmark candidate")
     p.add_argument("--seed", type=int, default=0)
+    parts = p.add_mutually_exclusive_group()
+    parts.add_argument("--no-text", action="store_true", help="leave out the language-model part")
+    parts.add_argument("--text-only", action="store_true", help="run only the language-model part")
+    p.add_argument("--full-text", action="store_true",
+                   help="train the language model longer (about 10-15 minutes on 2 CPU cores, not 3)")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Runs ``fastdata demo``."""
+    from fastdata.tools.text_demo import FULL, TextBudget
+
+    text = None if args.no_text else (FULL if args.full_text else TextBudget())
     path = run_demo(args.out, per_class=args.per_class, val_per_class=args.val_per_class, epochs=args.epochs,
-                    repeats=args.repeats, seed=args.seed)
+                    repeats=args.repeats, seed=args.seed, images=not args.text_only, text=text)
     print(f"report: {os.path.abspath(path)}")
     return 0

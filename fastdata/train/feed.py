@@ -4,18 +4,23 @@ A ``Feed`` is what the trainer and the evaluator share: it takes the next ``(ima
 labels)`` batch from any iterator, times how long that took (the data wait), moves it to the
 device with a non-blocking copy, converts uint8 images to normalised float32 there (after
 the transfer: four times fewer bytes cross the bus than with float32), and optionally makes
-them channels-last.
+them channels-last. Dict batches (the token batches of ``fastdata.TokenDataset``) move to
+the device tensor by tensor, unchanged; ``model_inputs`` picks what a model reads from them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
 from fastdata.errors import FastdataError
+
+# Keys of a token batch that a model reads (as keyword arguments); the others (targets,
+# labels, cu_seqlens) belong to the loss.
+MODEL_INPUTS = ("input_ids", "position_ids", "segment_ids", "attention_mask", "lengths")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -92,21 +97,59 @@ class Feed:
         """The autocast context of the forward pass (a no-op without AMP)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
-    def next(self, batches: Iterator) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
-        """Returns the next ``(images, labels)`` on the device (None at the end) and the
-        seconds spent waiting for it.
+    def next(self, batches: Iterator) -> tuple[tuple | dict | None, float]:
+        """Returns the next batch on the device (None at the end) and the seconds spent
+        waiting for it: ``(images, labels)``, or a dict of tensors for a dict batch.
         """
         start = time.perf_counter()
         try:
             batch = next(batches)
         except StopIteration:
             return None, time.perf_counter() - start
+        if isinstance(batch, Mapping):
+            moved = {k: torch.as_tensor(v).to(self.device, non_blocking=True)
+                     for k, v in batch.items()}  # fmt: skip
+            return moved, time.perf_counter() - start
         if not isinstance(batch, list | tuple) or len(batch) < 2:
             raise FastdataError(
-                f"a batch must be an (images, labels) pair, got {type(batch).__name__};"
-                " make the loader yield tuples (e.g. to_tuple('jpg', 'cls'))"
+                f"a batch must be an (images, labels) pair or a dict of tensors, got"
+                f" {type(batch).__name__}; make the loader yield tuples (e.g. to_tuple('jpg',"
+                " 'cls'))"
             )
         images, labels = batch[:2]
         labels = torch.as_tensor(labels).to(self.device, non_blocking=True).long()
         images = to_model_input(images, self.device, self.channels_last, self.normalize)
         return (images, labels), time.perf_counter() - start
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of a token batch that a model reads (``MODEL_INPUTS``)."""
+    if "input_ids" not in batch:
+        raise FastdataError(
+            f"a dict batch needs 'input_ids' (a token batch), got keys {sorted(batch)}"
+        )
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def classification_pair(batch: tuple | Mapping) -> tuple[object, torch.Tensor]:
+    """Splits a batch on the device into what the model reads and the class labels:
+    ``(images, labels)`` stays as it is; a token batch gives ``(model_inputs, labels)``."""
+    if isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise FastdataError(
+                f"a batch must be an (images, labels) pair, got dict without 'input_ids' (keys"
+                f" {sorted(batch)}); make the loader yield tuples (e.g. to_tuple('jpg', 'cls'))"
+                " or token batches (fastdata.TokenDataset)"
+            )
+        if "labels" not in batch:
+            raise FastdataError(
+                "a classification batch needs 'labels'; read the tokens with"
+                " TokenDataset(mode='padded') over shards converted with a label column"
+            )
+        return model_inputs(batch), batch["labels"].long()
+    return batch[0], batch[1]
+
+
+def call(model: torch.nn.Module, inputs: object) -> torch.Tensor:
+    """Calls ``model`` on images, or on a dict of token inputs as keyword arguments."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)

@@ -3,7 +3,9 @@
 ``fit`` trains any ``nn.Module`` classifier on any iterable of ``(images, labels)`` batches
 (torch's DataLoader, fastdata's DataLoader, a list). Images may be float tensors ready for the
 model, or uint8 tensors (NCHW, or NHWC with 1 or 3 channels) that are converted and normalised
-on the device, after the transfer, as DESIGN.md's data flow wants.
+on the device, after the transfer, as DESIGN.md's data flow wants. The same loop trains a
+language model on token batches (dicts): a ``task`` (``fastdata.train.tasks``) says what the
+loss is and how to evaluate; the loop, its checkpoints and its throughput figures are shared.
 
 NOTE [ Prefetch and the data-wait share ]
 CUDA runs kernels asynchronously: once the forward pass is queued, the host is free, and the
@@ -33,15 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from fastdata.errors import FastdataError, SourceError
 from fastdata.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from fastdata.train.feed import Feed
-from fastdata.train.metrics import ClassificationReport, evaluate
+from fastdata.train.metrics import ClassificationReport
 from fastdata.train.models import make_optimizer
+from fastdata.train.tasks import Classification, LMReport, Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,16 +57,19 @@ class TrainResult:
         history: one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``lr``,
             ``samples``, ``seconds``, ``samples_per_sec``, ``data_wait_share`` and, with a
             validation loader, ``val_loss``, ``val_accuracy``, ``val_macro_precision``,
-            ``val_macro_recall``, ``val_macro_f1``.
+            ``val_macro_recall``, ``val_macro_f1``. Language modelling (``LanguageModeling``)
+            adds ``tokens``, ``tokens_per_sec``, ``train_perplexity`` and ``val_perplexity``
+            (its losses and accuracies are per target token, its samples are rows).
         steps: ``{"step", "epoch", "loss"}`` every ``log_every`` steps (mean loss since the
             previous entry).
-        report: the last validation report, or None without a validation loader.
+        report: the last validation report (a ``ClassificationReport``, or an ``LMReport``
+            for language modelling), or None without a validation loader.
         checkpoint: path of the last checkpoint written, if any.
     """
 
     history: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
-    report: ClassificationReport | None = None
+    report: ClassificationReport | LMReport | None = None
     checkpoint: str | None = None
 
     @property
@@ -79,6 +84,12 @@ class TrainResult:
         seconds = sum(h["seconds"] for h in self.history)
         wait = sum(h["data_wait_share"] * h["seconds"] for h in self.history)
         return wait / seconds if seconds else 0.0
+
+    @property
+    def tokens_per_sec(self) -> float:
+        """Training tokens per second over all epochs (0 when the task counts no tokens)."""
+        seconds = sum(h["seconds"] for h in self.history)
+        return sum(h.get("tokens", 0) for h in self.history) / seconds if seconds else 0.0
 
 
 def fit(
@@ -103,18 +114,21 @@ def fit(
     seed: int | None = None,
     log_every: int = 20,
     progress: bool | str = True,
+    task: Task | None = None,
 ) -> TrainResult:
-    """Trains a classifier with cross-entropy; evaluates and checkpoints after each epoch.
+    """Trains a model on a task; evaluates and checkpoints after each epoch.
 
     Args:
-        model: any classifier returning logits ``(N, classes)``.
-        train_loader: iterable of ``(images, labels)`` batches, re-iterated each epoch.
+        model: any classifier returning logits ``(N, classes)`` (the default task), or a
+            language model returning ``(B, T, vocab)`` logits (``LanguageModeling``).
+        train_loader: iterable of ``(images, labels)`` batches or token batches (dicts),
+            re-iterated each epoch.
         val_loader: optional iterable of validation batches.
         epochs: total number of epochs (a resumed run continues up to this number).
         lr, optimizer, weight_decay, momentum: see ``fastdata.train.models.make_optimizer``; the
             optimiser covers the trainable parameters only.
         scheduler: ``"cosine"`` (per epoch, down to 0 at ``epochs``) or None (constant).
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: cross-entropy label smoothing of the default task.
         device: default CUDA if available, else CPU.
         amp: autocast (bfloat16, or float16 with a grad scaler); default on for CUDA.
         channels_last: channels-last memory format; default on for CUDA.
@@ -127,6 +141,8 @@ def fit(
         log_every: steps between loss readings (each one synchronises with the device).
         progress: show a progress bar; a string is shown in front of the epoch (a label,
             such as a grid-search combination).
+        task: what to learn (``fastdata.train.tasks``); default
+            ``Classification(label_smoothing)``.
 
     Raises:
         FastdataError: an argument is out of range.
@@ -140,6 +156,7 @@ def fit(
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise FastdataError(f"steps_per_epoch must be at least 1 or None, got {steps_per_epoch!r}")
     label = f"{progress} " if isinstance(progress, str) else ""
+    task = task if task is not None else Classification(label_smoothing)
     feed = Feed(device, amp=amp, channels_last=channels_last, normalize=normalize)
     device = feed.device
     fmt = torch.channels_last if feed.channels_last else torch.preserve_format
@@ -164,50 +181,53 @@ def fit(
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         total = _length(train_loader, steps_per_epoch)
         bar = tqdm(total=total, desc=f"{label}epoch {epoch + 1}/{epochs}", disable=not progress)
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        logged_loss, logged_samples, samples, wait, n = 0.0, 0, 0, 0.0, 0
+        # loss_sum, correct and units (the terms the loss averages) stay on the device.
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        logged_loss, logged_units, samples, wait, n = 0.0, 0.0, 0, 0.0, 0
         start = time.perf_counter()
         batches = iter(train_loader)
         batch, waited = feed.next(batches)
         wait += waited
         while batch is not None:
-            images, labels = batch
             with feed.autocast():
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+                out = task.step(model, batch)
             # Fetch the next batch while the device computes (NOTE [ Prefetch and the ...]).
             n += 1
             batch, waited = (None, 0.0) if n == steps_per_epoch else feed.next(batches)
             wait += waited
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(out.loss).backward()
             scaler.step(opt)
             scaler.update()
-            loss_sum += loss.detach() * labels.numel()
-            correct += (logits.argmax(1) == labels).sum()
-            samples += labels.numel()
+            sums[0] += out.loss.detach() * out.units
+            sums[1] += out.correct
+            sums[2] += out.units
+            samples += out.samples
             step += 1
             if step % log_every == 0 or batch is None:
-                seen = float(loss_sum)  # synchronises with the device
+                seen, _, units = sums.tolist()  # synchronises with the device
                 result.steps.append(
                     {"step": step, "epoch": epoch + (n / total if total else 1.0),
-                     "loss": (seen - logged_loss) / max(samples - logged_samples, 1)}
+                     "loss": (seen - logged_loss) / max(units - logged_units, 1)}
                 )  # fmt: skip
-                logged_loss, logged_samples = seen, samples
+                logged_loss, logged_units = seen, units
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{result.steps[-1]['loss']:.3f}",
-                                sps=f"{samples / elapsed:.0f}", wait=f"{wait / elapsed:.0%}")  # fmt: skip
+                rate = {"tok_s" if task.unit == "tokens" else "sps": f"{units / elapsed:.0f}"}
+                bar.set_postfix(loss=f"{result.steps[-1]['loss']:.3f}", **rate,
+                                wait=f"{wait / elapsed:.0%}")  # fmt: skip
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         bar.close()
-        record = _epoch_record(epoch, opt, float(loss_sum), float(correct), samples, seconds, wait)
+        loss_sum, correct, units = sums.tolist()
+        record = _epoch_record(epoch, opt, loss_sum, correct, units, samples, seconds, wait)
+        record.update(task.train_record(record["train_loss"], units, seconds))
         if sched is not None:
             sched.step()
         if val_loader is not None:
-            result.report = evaluate(model, val_loader, feed)
-            record.update(_val_record(result.report))
+            result.report = task.evaluate(model, val_loader, feed)
+            record.update(task.val_record(result.report))
         result.history.append(record)
         if checkpoint_dir is not None:
             result.checkpoint = save_checkpoint(
@@ -228,6 +248,7 @@ def _epoch_record(
     opt: torch.optim.Optimizer,
     loss_sum: float,
     correct: float,
+    units: float,
     samples: int,
     seconds: float,
     wait: float,
@@ -235,8 +256,8 @@ def _epoch_record(
     return {
         "epoch": epoch + 1,
         "lr": opt.param_groups[0]["lr"],
-        "train_loss": loss_sum / max(samples, 1),
-        "train_accuracy": correct / max(samples, 1),
+        "train_loss": loss_sum / max(units, 1),
+        "train_accuracy": correct / max(units, 1),
         "samples": samples,
         "seconds": seconds,
         "samples_per_sec": samples / seconds if seconds else 0.0,
@@ -275,16 +296,6 @@ def _length(loader: Iterable, steps_per_epoch: int | None) -> int | None:
     except TypeError:
         return steps_per_epoch
     return min(n, steps_per_epoch) if steps_per_epoch else n
-
-
-def _val_record(report: ClassificationReport) -> dict:
-    return {
-        "val_loss": report.loss,
-        "val_accuracy": report.accuracy,
-        "val_macro_precision": report.macro_precision,
-        "val_macro_recall": report.macro_recall,
-        "val_macro_f1": report.macro_f1,
-    }
 
 
 def make_loaders(
@@ -433,8 +444,8 @@ def write_report(result: TrainResult, class_names: list[str], out: str | os.Path
     """Writes ``history.json``, ``metrics.json``, ``training.png`` and ``confusion.png``.
 
     Returns:
-        Name -> path of the files written (``metrics`` and ``confusion`` need a validation
-        report).
+        Name -> path of the files written (``metrics`` needs a validation report,
+        ``confusion`` a classification one; a language model's report has no confusion).
     """
     from fastdata.pictures import plots as viz
 
@@ -448,6 +459,7 @@ def write_report(result: TrainResult, class_names: list[str], out: str | os.Path
     if result.report is not None:
         paths["metrics"] = out / "metrics.json"
         paths["metrics"].write_text(json.dumps(result.report.to_dict(class_names), indent=1))
+    if isinstance(result.report, ClassificationReport):
         paths["confusion_png"] = out / "confusion.png"
         viz.plot_confusion(result.report.confusion, class_names, paths["confusion_png"])
     return {k: str(v) for k, v in paths.items()}

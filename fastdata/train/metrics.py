@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdata.errors import FastdataError
-from fastdata.train.feed import Feed
+from fastdata.train.feed import Feed, call, classification_pair
 
 
 def confusion_matrix(
@@ -143,7 +143,8 @@ def evaluate(model: nn.Module, loader: Iterable, feed: Feed | None = None) -> Cl
 
     Args:
         model: a classifier returning logits ``(N, classes)``; put in eval mode.
-        loader: iterable of ``(images, labels)`` batches.
+        loader: iterable of ``(images, labels)`` batches, or of token batches with
+            ``labels`` (``TokenDataset(mode="padded")``).
         feed: how batches reach the model (default ``Feed()``: CUDA if available).
 
     Raises:
@@ -155,9 +156,9 @@ def evaluate(model: nn.Module, loader: Iterable, feed: Feed | None = None) -> Cl
     batches = iter(loader)
     batch, _ = feed.next(batches)
     while batch is not None:
-        images, labels = batch
+        inputs, labels = classification_pair(batch)
         with feed.autocast():
-            logits = model(images)
+            logits = call(model, inputs)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         count += labels.numel()
         c = logits.shape[1]
