@@ -157,3 +157,24 @@ def test_killed_driver_process_resumes_to_identical_output(ray_instance, tmp_pat
     assert main(["convert", *args]) == 0
     assert main(["convert", *args[:1], str(tmp_path / "clean/s-%04d.tar"), *args[2:5], "--no-progress"]) == 0
     assert files(tmp_path / "cut") == files(tmp_path / "clean")
+
+
+def test_ray_tokenizes_the_bytes_of_the_local_engine(ray_instance, tmp_path):
+    """convert --tokenize on Ray: the token shards and index of the local engine, byte for byte."""
+    from test_tokens_convert import documents, text_folder
+
+    from fastdata.convert.tokenize import TokenizeOptions, convert_tokens
+
+    text_folder(tmp_path / "src", documents(40, seed=2))
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        options = TokenizeOptions(tokenizer="bytes", tokens_per_shard=600, workers=2, shuffle_seed=1,
+                                  engine=engine, ray_address=ray_instance if engine == "ray" else None)  # fmt: skip
+        convert_tokens(str(tmp_path / "src"), str(out / "t-%06d.tar"), options)
+        outputs[engine] = files(out)
+    assert len(outputs["local"]) > 3
+    local_index = json.loads(outputs["local"].pop("t.index.json"))
+    ray_index = json.loads(outputs["ray"].pop("t.index.json"))
+    assert outputs["ray"] == outputs["local"]
+    assert ray_index["shards"] == local_index["shards"]
