@@ -52,7 +52,7 @@ from fastdata.errors import FastdataError
 from fastdata.loading.batches import BatchStream, Rows
 from fastdata.loading.engine import EngineStats
 from fastdata.loading.fields import sample_field
-from fastdata.loading.order import Cursor, Split, epoch_order
+from fastdata.loading.order import Cursor, Split, World, epoch_order
 from fastdata.loading.shard_dataset import ShardDataset, _check_iter_args
 
 __all__ = ["Mix", "mix_sequence"]
@@ -141,24 +141,16 @@ class Mix(torch.utils.data.IterableDataset):
             raise ValueError(f"weights must be {len(self.sources)} finite numbers >= 0, not all 0; got {list(weights)}")
         if not (stop in STOPS or (isinstance(stop, numbers.Integral) and not isinstance(stop, bool) and stop > 0)):
             raise ValueError(f"stop must be one of {STOPS} or a number of samples > 0, got {stop!r}")
-        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
-            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        self.world = World(rank, world_size)
         self.weights, self.stop, self.drop_last = w / w.sum(), stop, bool(drop_last)
         self.names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(self.sources))]
         if len(self.names) != len(self.sources):
             raise ValueError(f"give one name per source: {len(self.names)} names for {len(self.sources)} sources")
-        self._rank, self._world_size = rank, world_size
         header = {"mix": {"weights": self.weights.tolist(), "stop": stop},
                   "sources": [src.cursor.header for src in self.sources]}  # fmt: skip
         self.cursor = Cursor(header, self.drop_last)
         self.stats = EngineStats()
         self._cache: tuple[int, Any] | None = None
-
-    def world(self) -> tuple[int, int]:
-        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
-        if self._world_size is not None:
-            return self._rank, self._world_size
-        return ShardDataset.world(self)  # the same rule
 
     def _length(self) -> int:
         sizes = np.array([sum(src.counts()) for src in self.sources], np.int64)

@@ -56,9 +56,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Cursor", "Schedule", "Split", "epoch_order", "intervals_positions", "shard_permutation"]
+__all__ = ["Cursor", "Schedule", "Split", "World", "epoch_order", "intervals_positions", "shard_permutation"]
 
 _MASK = 0xFFFFFFFFFFFFFFFF
+
+
+class World:
+    """This process's place among the ranks: as given, else from ``torch.distributed``, else
+    rank 0 of 1 (read when an epoch starts, so a process group made later counts).
+
+    Raises:
+        ValueError: only one of ``rank`` and ``world_size`` given, or a rank out of range.
+    """
+
+    def __init__(self, rank: int | None, world_size: int | None) -> None:
+        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
+            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self) -> tuple[int, int]:
+        """``(rank, world_size)``."""
+        if self.world_size is not None:
+            return self.rank, self.world_size
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
 
 def _generator(*words: int) -> np.random.Generator:

@@ -61,7 +61,7 @@ from fastdata.loading.fields import (
     field_kinds,
     sample_field,
 )
-from fastdata.loading.order import Cursor, Split, epoch_order
+from fastdata.loading.order import Cursor, Split, World, epoch_order
 from fastdata.loading.planview import compile_plan
 from fastdata.shards.index import find_index, read_index, write_index
 from fastdata.shards.shardmap import load_shard
@@ -125,8 +125,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError("ShardDataset needs at least one shard")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
-            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        self.world = World(rank, world_size)
         self.plan = compile_plan(transform) if transform is not None else None
         self.image = (image,) if isinstance(image, str) else tuple(image)
         self.fields = field_kinds(fields)
@@ -140,7 +139,6 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.shuffle, self.buffer_size, self.seed = bool(shuffle), int(buffer_size), int(seed)
         self.on_error, self.drop_last, self.pad_value = on_error, bool(drop_last), int(pad_value)
         self.index = index
-        self._rank, self._world_size = rank, world_size
         self._counts: list[int] | None = None
         self._scan_errors: dict[int, Exception] = {}  # shards counted by scanning that broke off
         self._sample_shape: tuple[int, int, int] | None = None
@@ -152,15 +150,6 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.stats = EngineStats()
 
     # -- where this process stands -------------------------------------------------------
-
-    def world(self) -> tuple[int, int]:
-        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
-        if self._world_size is not None:
-            return self._rank, self._world_size
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
 
     def counts(self) -> list[int]:
         """Samples per shard: from the index, or by counting local shards once.

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from fastdata.loading.order import Cursor, Split, epoch_order
+from fastdata.loading.order import Cursor, Split, World, epoch_order
 from fastdata.loading.packing import concat_rows, fill_rows, pack_documents
 from fastdata.loading.token_source import TokenSource
 from fastdata.shards.urls import expand_urls
@@ -136,8 +136,7 @@ class TokenDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not _whole(seq_len) or seq_len < 1:
             raise ValueError(f"seq_len must be a whole number of tokens >= 1, got {seq_len!r}")
-        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
-            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        self.world = World(rank, world_size)
         if window is not None and (not _whole(window) or window < 1):
             raise ValueError(f"window must be a whole number of documents >= 1 or None, got {window!r}")
         self.seq_len, self.mode, self.shuffle, self.seed = int(seq_len), mode, bool(shuffle), int(seed)
@@ -146,7 +145,6 @@ class TokenDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"buffer_size must be a whole number of rows >= 1 or None, got {buffer_size!r}")
         self.window, self._cache_size = window, int(cache)
         self.buffer_size = buffer_size
-        self._rank, self._world_size = rank, world_size
         self._source: TokenSource | None = None
         self._unit_starts: np.ndarray | None = None  # units per shard, cumulated (aligned, padded)
         self._pieces: tuple[np.ndarray, ...] | None = None  # aligned: rows of pieces over all shards
@@ -178,15 +176,6 @@ class TokenDataset(torch.utils.data.IterableDataset):
             return int(self._pad_id)
         pad = self.meta.get("pad")
         return pad if isinstance(pad, int) else 0
-
-    def world(self) -> tuple[int, int]:
-        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
-        if self._world_size is not None:
-            return self._rank, self._world_size
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
 
     def units(self) -> int:
         """Units of an epoch over all ranks: rows (concat, aligned) or documents (padded)."""
