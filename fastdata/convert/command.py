@@ -16,13 +16,12 @@ The parts are removed once the index is written.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -30,16 +29,23 @@ from tqdm import tqdm
 from fastdata.convert.plan import ShardTask, cut_points, find_duplicates, make_tasks, sample_order
 from fastdata.convert.prepare import PrepareOptions
 from fastdata.convert.sources import open_source
-from fastdata.convert.task import TaskSettings, clean_up, merge_parts
+from fastdata.convert.task import (
+    Report,
+    TaskSettings,
+    check_output_folder,
+    check_pattern_arg,
+    clean_up,
+    fingerprint,
+    merge_parts,
+    read_plan,
+    what_it_writes,
+    write_plan,
+)
 from fastdata.errors import FastdataError
-from fastdata.shards.files import replace_into
 from fastdata.shards.index import write_index
 from fastdata.shards.verify import plural
-from fastdata.shards.writer import check_pattern
 
 ENGINES = ("local", "ray")
-# How a conversion is run, not what it writes: left out of the fingerprint and the index.
-_RUN_SETTINGS = ("workers", "engine", "ray_address", "retries")
 
 
 @dataclass(frozen=True)
@@ -63,21 +69,11 @@ class ConvertOptions:
     retries: int = 2
 
 
-@dataclass
-class ConvertReport:
-    """What a conversion did; also stored in the index."""
+@dataclass(kw_only=True)
+class ConvertReport(Report):
+    """What an image conversion did: ``written`` samples."""
 
-    index_path: str
-    shards: list[dict[str, Any]]
     written: int
-    skipped: list[dict[str, str]]
-    duplicates: list[dict[str, str]]
-    seconds: float
-    resumed_shards: int = 0
-
-    @property
-    def bytes(self) -> int:
-        return sum(s["bytes"] for s in self.shards)
 
 
 def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), *,
@@ -96,10 +92,11 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
     options = replace(options, prepare=replace(options.prepare, digest=False))
     source = open_source(src, labels_path=labels_path, int_labels=int_labels)
     order = sample_order(len(source.items), options.shuffle_seed)
-    settings = TaskSettings(pattern, _fingerprint(source, pattern, options), options.drop_corrupt, options.prepare)
+    settings = TaskSettings(pattern, fingerprint(source, pattern, what_it_writes(options)), options.drop_corrupt,
+                            options.prepare)
     if os.path.islink(settings.parts_dir):  # never write parts through a link (NOTE [ Temporary files ])
         os.unlink(settings.parts_dir)
-    saved = _read_plan(settings)
+    saved = read_plan(settings)
     starts = cut_points(source, order, options.maxcount, options.maxsize, _stored_ext(options.prepare))
     resumed = 0
     with _engine(source, options) as engine:
@@ -108,7 +105,7 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
             digests = engine.digests(make_tasks(source, order, starts, 0, {}))
             duplicates = find_duplicates([source.items[i].key for i in order], digests)
         duplicates = {int(pos): key for pos, key in (duplicates or {}).items()}
-        _write_plan(settings, duplicates)
+        write_plan(settings, duplicates)
         tasks = make_tasks(source, order, starts, options.stats_samples, duplicates)
         with tqdm(total=len(order), unit="img", desc="convert", disable=not progress,
                   dynamic_ncols=True, file=sys.stderr) as bar:
@@ -121,8 +118,9 @@ def convert(src: str, pattern: str, options: ConvertOptions = ConvertOptions(), 
             parts = engine.run(tasks, settings, on_done)
     merged = merge_parts(parts)
     _flag_label_conflicts(merged.duplicates, source)
-    report = ConvertReport(settings.index_path, merged.shards, sum(s["count"] for s in merged.shards),
-                           merged.skipped, merged.duplicates, time.perf_counter() - start, resumed)
+    report = ConvertReport(index_path=settings.index_path, shards=merged.shards,
+                           written=sum(s["count"] for s in merged.shards), skipped=merged.skipped,
+                           duplicates=merged.duplicates, seconds=time.perf_counter() - start, resumed_shards=resumed)
     write_index(settings.index_path, _index_body(source, pattern, options, settings.fingerprint, merged, report))
     clean_up(settings, len(tasks))
     return report
@@ -163,61 +161,17 @@ def check_arguments(src: str, pattern: str, options: ConvertOptions, labels_path
          f"--stats-samples must be 0 (no statistics) or more, got {options.stats_samples!r}")
     side = options.prepare.max_side
     need(side is None or (is_int(side) and side >= 1), f"--max-side must be a size >= 1 pixel, got {side!r}")
-    try:
-        check_pattern(pattern)
-    except ValueError as exc:
-        raise FastdataError(f"convert: {exc}") from exc
+    check_pattern_arg(pattern)
     if labels_path is not None:
         need(src.lower().endswith((".npy", ".npz")) and not os.path.isdir(src),
              "--labels applies to a .npy/.npz images source only; a folder takes its labels from "
              "its class sub-folders and a manifest from its label column")  # fmt: skip
-    folder = os.path.dirname(pattern) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise FastdataError(f"convert: cannot create the output folder {folder!r}: {exc.strerror or exc}") from exc
-    need(os.access(folder, os.W_OK | os.X_OK), f"cannot write into the output folder {folder!r}; "
-         "choose another OUT_PATTERN or fix its permissions")  # fmt: skip
+    check_output_folder(pattern)
 
 
 def _stored_ext(prepare: PrepareOptions) -> str | None:
     """The extension transformed samples are stored under (None: files stored as they are)."""
     return "npy" if prepare.raw else "jpg" if prepare.reencode else None
-
-
-def _plan_path(settings: TaskSettings) -> str:
-    return os.path.join(settings.parts_dir, "plan.json")
-
-
-def _read_plan(settings: TaskSettings) -> dict | None:
-    """The plan an interrupted run of this conversion left; see NOTE [ Resuming a conversion ]."""
-    path = _plan_path(settings)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if saved.get("fingerprint") != settings.fingerprint:
-        raise FastdataError(
-            f"{settings.parts_dir}: an interrupted conversion with another source or other options is "
-            "in this folder; re-run it with the same arguments, or delete that folder to start over"
-        )
-    return saved
-
-
-def _write_plan(settings: TaskSettings, duplicates: dict[int, str]) -> None:
-    os.makedirs(settings.parts_dir, exist_ok=True)
-    with replace_into(_plan_path(settings)) as f:  # NOTE [ Temporary files ]
-        json.dump({"fingerprint": settings.fingerprint, "duplicates": duplicates}, f)
-
-
-def _what_it_writes(options: ConvertOptions) -> dict[str, Any]:
-    return {k: v for k, v in asdict(options).items() if k not in _RUN_SETTINGS}
-
-
-def _fingerprint(source, pattern: str, options: ConvertOptions) -> str:
-    body = {"source": source.describe(), "count": len(source.items), "pattern": os.path.basename(pattern),
-            "options": _what_it_writes(options)}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _index_body(source, pattern, options, fingerprint, merged, report: ConvertReport) -> dict:
@@ -226,7 +180,7 @@ def _index_body(source, pattern, options, fingerprint, merged, report: ConvertRe
         "fields": merged.fields,
         "label_map": source.label_map, "source": source.describe(),
         "stats": merged.stats.summary(), "skipped": report.skipped, "duplicates": report.duplicates,
-        "options": _what_it_writes(options), "fingerprint": fingerprint,
+        "options": what_it_writes(options), "fingerprint": fingerprint,
     }
 
 
@@ -296,18 +250,9 @@ def run(args) -> int:
                              shuffle_seed=args.seed if args.shuffle else None, drop_corrupt=args.drop_corrupt,
                              dedupe=args.dedupe, stats_samples=args.stats_samples, prepare=prepare,
                              engine=args.engine, ray_address=args.ray_address, retries=args.retries)
-    try:
-        report = convert(args.src, args.pattern, options, labels_path=args.labels,
-                         int_labels=args.int_labels, progress=not args.no_progress)
-    except FastdataError as exc:
-        print(f"fastdata convert: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # finished shards and their parts are kept (NOTE [ Resuming a conversion ])
-        print("\nfastdata convert: interrupted; the shards written so far are kept, run the same "
-              "command again to resume", file=sys.stderr)  # fmt: skip
-        return 130
-    print(format_report(report))
-    return 0
+    return _run_and_report(lambda: convert(args.src, args.pattern, options, labels_path=args.labels,
+                                           int_labels=args.int_labels, progress=not args.no_progress),
+                           format_report)  # fmt: skip
 
 
 def run_tokenize(args) -> int:
@@ -324,16 +269,23 @@ def run_tokenize(args) -> int:
                               workers=args.workers, shuffle_seed=args.seed if args.shuffle else None,
                               drop_corrupt=args.drop_corrupt, dedupe=args.dedupe, engine=args.engine,
                               ray_address=args.ray_address, retries=args.retries)  # fmt: skip
+    return _run_and_report(lambda: convert_tokens(args.src, args.pattern, options, progress=not args.no_progress),
+                           format_token_report)
+
+
+def _run_and_report(conversion: Callable[[], Report], summary: Callable[[Any], str]) -> int:
+    """Runs ``conversion()`` and prints ``summary(report)``: exit status 0, 1 on an error
+    (said in one line), 130 when interrupted."""
     try:
-        report = convert_tokens(args.src, args.pattern, options, progress=not args.no_progress)
+        report = conversion()
     except FastdataError as exc:
         print(f"fastdata convert: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # finished shards and their parts are kept (NOTE [ Resuming a conversion ])
         print("\nfastdata convert: interrupted; the shards written so far are kept, run the same "
               "command again to resume", file=sys.stderr)  # fmt: skip
         return 130
-    print(format_token_report(report))
+    print(summary(report))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The local engine of ``fastdata convert``: shard tasks in order, samples on a process pool.
+"""The local engine of ``fastdata convert``: shard tasks in order, samples on a process pool
+(``LocalEngine``); or whole tasks on a process pool (``run_tasks``, for ``--tokenize``).
 
 NOTE [ Which samples go to the workers ]
 Storing a file as it is costs less than sending it through a pipe, so worker processes get
@@ -47,9 +48,8 @@ class LocalEngine:
 
     def __enter__(self) -> LocalEngine:
         if self.workers > 0:
-            ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
             in_worker = replace(self.prepare, ship_bytes=False)
-            self._pool = ctx.Pool(self.workers, initializer=init_worker, initargs=(self.source, in_worker))
+            self._pool = _context().Pool(self.workers, initializer=init_worker, initargs=(self.source, in_worker))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,3 +107,48 @@ class LocalEngine:
         done = self._pool.imap(prepare_task, (w for w in work if heavy or w[2]), chunksize=4)
         return (next(done) if heavy or stats else prepare_item(self.source, item, pos, self.prepare, False)
                 for pos, item, stats in work)  # fmt: skip
+
+
+def _context():
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def run_tasks(source, tasks: list, settings: TaskSettings, on_done: Callable[[Any, bool], None],
+              task_fn: Callable[[Any, Any, TaskSettings], tuple[dict[str, Any], bool]], workers: int,
+              worker_init: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Runs whole tasks, ``task_fn(source, task, settings) -> (part, reused)`` each (the
+    shape ``RayEngine.run`` takes): in this process when ``workers`` is 0 or there is one
+    task, else on a pool of ``min(workers, len(tasks))`` processes that get
+    ``source.for_tasks()`` once and call ``worker_init()`` first. Returns the parts in task
+    order; ``on_done(task, reused)`` is called in task order.
+    """
+    parts: dict[int, dict[str, Any]] = {}
+    if workers == 0 or len(tasks) == 1:
+        for task in tasks:
+            parts[task.number], reused = task_fn(source, task, settings)
+            on_done(task, reused)
+        return [parts[t.number] for t in tasks]
+    pool = _context().Pool(min(workers, len(tasks)), initializer=_init_task_worker,
+                           initargs=(source.for_tasks(), task_fn, worker_init))  # fmt: skip
+    try:
+        for task, (part, reused) in zip(tasks, pool.imap(_task_in_worker, [(t, settings) for t in tasks]), strict=True):
+            parts[task.number] = part
+            on_done(task, reused)
+    finally:
+        pool.terminate()
+        pool.join()
+    return [parts[t.number] for t in tasks]
+
+
+_WORKER_SOURCE = _WORKER_FN = None
+
+
+def _init_task_worker(source, task_fn: Callable, worker_init: Callable[[], None] | None) -> None:
+    global _WORKER_SOURCE, _WORKER_FN
+    _WORKER_SOURCE, _WORKER_FN = source, task_fn
+    if worker_init is not None:
+        worker_init()
+
+
+def _task_in_worker(args: tuple[Any, TaskSettings]) -> tuple[dict[str, Any], bool]:
+    return _WORKER_FN(_WORKER_SOURCE, *args)

@@ -6,6 +6,11 @@ describes a whole shard. A re-run keeps a task whose part exists, carries the sa
 fingerprint and matches its shard's size and SHA-256; it redoes any other. The merge
 (``merge_parts``) sums the parts' counts and statistics in shard order and removes the
 parts. See NOTE [ Shard tasks ] in ``fastdata.convert.plan``.
+
+Also what image and token conversions (``fastdata.convert.command``,
+``fastdata.convert.tokenize``) share around their tasks: the fingerprint, the plan file of
+a resumable run (NOTE [ Resuming a conversion ] in ``fastdata.convert.command``), the
+checks of the output pattern and folder, and the report's common fields (``Report``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,15 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastdata.convert.plan import ShardTask
 from fastdata.convert.prepare import Prepared, PrepareOptions, prepare_item
-from fastdata.errors import SourceError
-from fastdata.shards.files import create_new
+from fastdata.errors import FastdataError, SourceError
+from fastdata.shards.files import create_new, replace_into
 from fastdata.shards.index import StatsAccumulator, index_path_for_pattern
-from fastdata.shards.writer import ShardWriter
+from fastdata.shards.writer import ShardWriter, check_pattern
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,105 @@ class TaskSettings:
     def parts_dir(self) -> str:
         return self.index_path + ".parts"
 
+    @property
+    def plan_path(self) -> str:
+        return os.path.join(self.parts_dir, "plan.json")
+
     def part_path(self, number: int) -> str:
         return os.path.join(self.parts_dir, f"{number:08d}.json")
 
     def shard_path(self, number: int) -> str:
         return self.pattern % number
+
+
+@dataclass(kw_only=True)
+class Report:
+    """What a conversion did, images or tokens (``ConvertReport``, ``TokenReport``); also
+    stored in the index. Keyword construction only."""
+
+    index_path: str
+    shards: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    duplicates: list[dict[str, str]]
+    seconds: float
+    resumed_shards: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return sum(s["bytes"] for s in self.shards)
+
+
+def check_pattern_arg(pattern: str) -> None:
+    """Checks that ``pattern`` has exactly one number field.
+
+    Raises:
+        FastdataError: it has not.
+    """
+    try:
+        check_pattern(pattern)
+    except ValueError as exc:
+        raise FastdataError(f"convert: {exc}") from exc
+
+
+def check_output_folder(pattern: str) -> None:
+    """Creates the folder of ``pattern`` if needed and checks that it can be written.
+
+    Raises:
+        FastdataError: it cannot be created or written.
+    """
+    folder = os.path.dirname(pattern) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise FastdataError(f"convert: cannot create the output folder {folder!r}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FastdataError(f"convert: cannot write into the output folder {folder!r}; "
+                            "choose another OUT_PATTERN or fix its permissions")  # fmt: skip
+
+
+# How a conversion is run, not what it writes: left out of the fingerprint and the index.
+RUN_SETTINGS = ("workers", "engine", "ray_address", "retries")
+
+
+def what_it_writes(options, **extra: Any) -> dict[str, Any]:
+    """The options (a dataclass) that decide the output, without ``RUN_SETTINGS``, then
+    ``extra``: what the fingerprint covers and the index records."""
+    return {**{k: v for k, v in asdict(options).items() if k not in RUN_SETTINGS}, **extra}
+
+
+def fingerprint(source, pattern: str, written: dict[str, Any], **extra: Any) -> str:
+    """A conversion's fingerprint: its source, output name and ``written`` options
+    (``what_it_writes``), plus ``extra`` fields of the body hashed."""
+    body = {"source": source.describe(), "count": len(source.items), "pattern": os.path.basename(pattern),
+            "options": written, **extra}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_plan(settings: TaskSettings) -> dict | None:
+    """The plan an interrupted run of this conversion left (None: none); see NOTE [ Resuming
+    a conversion ] in ``fastdata.convert.command``.
+
+    Raises:
+        FastdataError: the plan there is another conversion's (another fingerprint).
+    """
+    if not os.path.exists(settings.plan_path):
+        return None
+    with open(settings.plan_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("fingerprint") != settings.fingerprint:
+        raise FastdataError(
+            f"{settings.parts_dir}: an interrupted conversion with another source or other options is "
+            "in this folder; re-run it with the same arguments, or delete that folder to start over"
+        )
+    return saved
+
+
+def write_plan(settings: TaskSettings, duplicates: dict[int, str], **extra: Any) -> None:
+    """Writes the plan file: the fingerprint, the duplicates and ``extra`` (what a re-run
+    must plan the same way, e.g. the measured bytes per token)."""
+    os.makedirs(settings.parts_dir, exist_ok=True)
+    with replace_into(settings.plan_path) as f:  # NOTE [ Temporary files ]
+        json.dump({"fingerprint": settings.fingerprint, "duplicates": duplicates, **extra}, f)
 
 
 class ShardBuilder:

@@ -13,20 +13,28 @@ re-run plans exactly the same tasks.
 from __future__ import annotations
 
 import hashlib
-import json
-import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
+from fastdata.convert.local_engine import run_tasks
 from fastdata.convert.plan import find_duplicates, sample_order
 from fastdata.convert.prepare import PrepareOptions
-from fastdata.convert.task import clean_up
+from fastdata.convert.task import (
+    Report,
+    check_output_folder,
+    check_pattern_arg,
+    clean_up,
+    fingerprint,
+    read_plan,
+    what_it_writes,
+    write_plan,
+)
 from fastdata.convert.text_sources import open_text_source
 from fastdata.convert.token_task import (
     EMPTY,
@@ -39,15 +47,11 @@ from fastdata.convert.token_task import (
     run_token_task,
 )
 from fastdata.errors import FastdataError
-from fastdata.shards.files import replace_into
 from fastdata.shards.index import write_index
 from fastdata.shards.verify import plural
-from fastdata.shards.writer import check_pattern
 
 DTYPES = ("auto", "uint16", "uint32")
 _SAMPLE_DOCS, _SAMPLE_BYTES = 256, 4 << 20  # what the bytes-per-token measurement reads at most
-# How a conversion is run, not what it writes: left out of the fingerprint and the index.
-_RUN_SETTINGS = ("workers", "engine", "ray_address", "retries")
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,12 @@ class TokenizeOptions:
     retries: int = 2
 
 
-@dataclass
-class TokenReport:
-    """What a tokenizing conversion did; also stored in the index."""
+@dataclass(kw_only=True)
+class TokenReport(Report):
+    """What a tokenizing conversion did: ``tokens`` of ``documents``."""
 
-    index_path: str
-    shards: list[dict[str, Any]]
     tokens: int
     documents: int
-    skipped: list[dict[str, str]]
-    duplicates: list[dict[str, str]]
-    seconds: float
-    resumed_shards: int = 0
-
-    @property
-    def bytes(self) -> int:
-        return sum(s["bytes"] for s in self.shards)
 
     @property
     def empty(self) -> int:
@@ -109,21 +103,22 @@ def convert_tokens(src: str, pattern: str, options: TokenizeOptions = TokenizeOp
     source = open_text_source(src, options.text_column, options.label_column)
     if not options.drop_corrupt and (error := source.first_error()) is not None:
         raise type(error)(error.path, f"{error.message} (use --drop-corrupt to skip such documents)")
-    fingerprint = _fingerprint(source, pattern, options, tok.digest)
+    fprint = fingerprint(source, pattern, what_it_writes(options, tokenizer_sha256=tok.digest),
+                         format="fastdata-tokens")
     meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eod": tok.eod, "pad": tok.pad}
-    settings = TokenSettings(pattern, fingerprint, options.drop_corrupt, PrepareOptions(), options.tokenizer,
+    settings = TokenSettings(pattern, fprint, options.drop_corrupt, PrepareOptions(), options.tokenizer,
                              dtype, options.tokens_per_shard, source.has_labels, meta)  # fmt: skip
     if os.path.islink(settings.parts_dir):  # never write parts through a link (NOTE [ Temporary files ])
         os.unlink(settings.parts_dir)
     order = sample_order(len(source.items), options.shuffle_seed)
-    plan = _read_plan(settings) or {}
+    plan = read_plan(settings) or {}
     duplicates = plan.get("duplicates")
     if duplicates is None:
         duplicates = _duplicates(source, order) if options.dedupe else {}
     duplicates = {int(pos): key for pos, key in duplicates.items()}
     kept = [index for pos, index in enumerate(order) if pos not in duplicates]
     ratio = plan.get("bytes_per_token") or _bytes_per_token(source, kept, options.tokenizer)
-    _write_plan(settings, duplicates, ratio)
+    write_plan(settings, duplicates, bytes_per_token=ratio)
     sizes = [source.size(source.items[i]) for i in kept]
     starts = cut_token_shards(sizes, ratio, options.tokens_per_shard, options.maxsize / (2 if dtype == "uint16" else 4))
     tasks = make_token_tasks(source, kept, starts)
@@ -141,9 +136,10 @@ def convert_tokens(src: str, pattern: str, options: TokenizeOptions = TokenizeOp
     skipped = sorted((s for p in parts for s in p["skipped"]), key=lambda s: s["pos"])
     dups = [{"key": source.items[order[pos]].key, "source": source.origin(source.items[order[pos]]),
              "duplicate_of": key} for pos, key in sorted(duplicates.items())]  # fmt: skip
-    report = TokenReport(settings.index_path, shards, sum(s["tokens"] for s in shards),
-                         sum(s["documents"] for s in shards), [{k: v for k, v in s.items() if k != "pos"} for s in skipped],
-                         dups, time.perf_counter() - start, resumed)  # fmt: skip
+    report = TokenReport(index_path=settings.index_path, shards=shards, tokens=sum(s["tokens"] for s in shards),
+                         documents=sum(s["documents"] for s in shards),
+                         skipped=[{k: v for k, v in s.items() if k != "pos"} for s in skipped], duplicates=dups,
+                         seconds=time.perf_counter() - start, resumed_shards=resumed)  # fmt: skip
     write_index(settings.index_path, _index_body(source, pattern, options, settings, report))
     clean_up(settings, len(tasks))
     return report
@@ -162,17 +158,8 @@ def _check_options(src: str, pattern: str, options: TokenizeOptions) -> None:
          f"--maxsize must be a size such as 500M or 1G, got {options.maxsize!r}")
     need(isinstance(options.workers, int) and options.workers >= 0,
          f"-j/--workers must be 0 (no worker processes) or more, got {options.workers!r}")
-    try:
-        check_pattern(pattern)
-    except ValueError as exc:
-        raise FastdataError(f"convert: {exc}") from exc
-    folder = os.path.dirname(pattern) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise FastdataError(f"convert: cannot create the output folder {folder!r}: {exc.strerror or exc}") from exc
-    need(os.access(folder, os.W_OK | os.X_OK), f"cannot write into the output folder {folder!r}; "
-         "choose another OUT_PATTERN or fix its permissions")  # fmt: skip
+    check_pattern_arg(pattern)
+    check_output_folder(pattern)
 
 
 def _dtype(requested: str, vocab_size: int, name: str) -> str:
@@ -222,67 +209,11 @@ def _run(source, tasks: list[TokenTask], settings: TokenSettings, options: Token
 
         with RayEngine(source, options.ray_address, options.retries) as engine:
             return engine.run(tasks, settings, on_done, task_fn=run_token_task)
-    parts: dict[int, dict[str, Any]] = {}
-    if options.workers == 0 or len(tasks) == 1:
-        for task in tasks:
-            parts[task.number], reused = run_token_task(source, task, settings)
-            on_done(task, reused)
-        return [parts[t.number] for t in tasks]
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(min(options.workers, len(tasks)), initializer=_init_worker, initargs=(source.for_tasks(),))
-    try:
-        for task, (part, reused) in zip(tasks, pool.imap(_worker_task, [(t, settings) for t in tasks]), strict=True):
-            parts[task.number] = part
-            on_done(task, reused)
-    finally:
-        pool.terminate()
-        pool.join()
-    return [parts[t.number] for t in tasks]
+    return run_tasks(source, tasks, settings, on_done, run_token_task, options.workers, worker_init=_one_thread)
 
 
-_WORKER_SOURCE = None
-
-
-def _init_worker(source) -> None:
-    global _WORKER_SOURCE
-    _WORKER_SOURCE = source
+def _one_thread() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: -j sets the cores used
-
-
-def _worker_task(args: tuple[TokenTask, TokenSettings]) -> tuple[dict[str, Any], bool]:
-    return run_token_task(_WORKER_SOURCE, *args)
-
-
-def _plan_path(settings: TokenSettings) -> str:
-    return os.path.join(settings.parts_dir, "plan.json")
-
-
-def _read_plan(settings: TokenSettings) -> dict | None:
-    path = _plan_path(settings)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if saved.get("fingerprint") != settings.fingerprint:
-        raise FastdataError(f"{settings.parts_dir}: an interrupted conversion with another source or other options "
-                            "is in this folder; re-run it with the same arguments, or delete that folder to start over")
-    return saved
-
-
-def _write_plan(settings: TokenSettings, duplicates: dict[int, str], ratio: float) -> None:
-    os.makedirs(settings.parts_dir, exist_ok=True)
-    with replace_into(_plan_path(settings)) as f:  # NOTE [ Temporary files ]
-        json.dump({"fingerprint": settings.fingerprint, "duplicates": duplicates, "bytes_per_token": ratio}, f)
-
-
-def _what_it_writes(options: TokenizeOptions, digest: str) -> dict[str, Any]:
-    return {**{k: v for k, v in asdict(options).items() if k not in _RUN_SETTINGS}, "tokenizer_sha256": digest}
-
-
-def _fingerprint(source, pattern: str, options: TokenizeOptions, digest: str) -> str:
-    body = {"source": source.describe(), "count": len(source.items), "pattern": os.path.basename(pattern),
-            "options": _what_it_writes(options, digest), "format": "fastdata-tokens"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _index_body(source, pattern: str, options: TokenizeOptions, settings: TokenSettings, report: TokenReport) -> dict:
@@ -292,7 +223,7 @@ def _index_body(source, pattern: str, options: TokenizeOptions, settings: TokenS
         "tokens": report.tokens, "documents": report.documents, "dtype": settings.dtype, **settings.meta,
         "labels": source.label_map, "label_map": source.label_map,  # label_map: the name the image sources use
         "source": source.describe(), "skipped": report.skipped, "duplicates": report.duplicates,
-        "options": _what_it_writes(options, cached_tokenizer(options.tokenizer).digest),
+        "options": what_it_writes(options, tokenizer_sha256=cached_tokenizer(options.tokenizer).digest),
         "fingerprint": settings.fingerprint,
     }  # fmt: skip
 
