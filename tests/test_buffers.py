@@ -41,3 +41,20 @@ def test_a_full_pool_drops_a_held_batch_before_a_free_one():
     assert free_ptrs <= {t.data_ptr() for t in pool.tensors}
     pool.keep(make())  # nothing held: the oldest goes
     assert len(pool.tensors) == 2 and not free_ptrs & {t.data_ptr() for t in pool.tensors}
+
+
+def test_batches_in_flight_keep_to_a_byte_budget():
+    """NOTE [ A byte budget for batches in flight ]: torch's count for small batches, fewer
+    for large ones, never fewer than one per thread (and two)."""
+    from fastdata.loading.buffers import INFLIGHT_BYTES, batches_ahead
+
+    small = 512 * 3 * 32 * 32 * 4  # cifar, float32
+    large = 256 * 3 * 224 * 224 * 4  # imagenet, float32: 154 MB
+    assert batches_ahead(2, 2, small) == 4 and batches_ahead(4, 3, small) == 12
+    assert batches_ahead(2, 2, large) == 2 and batches_ahead(8, 2, large) == 8
+    assert batches_ahead(0, 2, large) == 2 and batches_ahead(2, 2, 0) == 4
+    for workers in range(6):
+        for size in (small, large, INFLIGHT_BYTES // 3):
+            n = batches_ahead(workers, 2, size)
+            assert n >= max(2, workers)
+            assert n * size <= INFLIGHT_BYTES or n == max(2, workers)

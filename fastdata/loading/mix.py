@@ -50,6 +50,7 @@ from numba import njit
 
 from fastdata.errors import FastdataError
 from fastdata.loading.batches import BatchStream, Rows
+from fastdata.loading.buffers import batches_ahead
 from fastdata.loading.engine import EngineStats
 from fastdata.loading.fields import sample_field
 from fastdata.loading.order import Cursor, Split, World, epoch_order
@@ -241,8 +242,9 @@ class Mix(torch.utils.data.IterableDataset):
         rank, world = self.world()
         split, done = self.cursor.start(self._length(), int(batch_size), world)
         schedule = split.schedule(rank)
+        ahead = batches_ahead(int(num_workers), prefetch, self.sources[0]._batch_bytes(int(batch_size)))
         opts = dict(num_workers=int(num_workers), device=device, memory_format=memory_format, timeout=timeout,
-                    ahead=max(2, int(num_workers) * prefetch))  # fmt: skip
+                    ahead=ahead)  # fmt: skip
         batches = self._batches(split.epoch, schedule.pos, schedule.starts, done, stats, opts, collate=True)
         for b, images, extras in batches:
             self.cursor.delivered(split, b + 1, int(schedule.starts[b + 1]))

@@ -53,6 +53,7 @@ import torch.utils.data
 
 from fastdata.errors import DecodeError, FastdataError
 from fastdata.loading.batches import BatchStream, Rows
+from fastdata.loading.buffers import batches_ahead
 from fastdata.loading.engine import ON_ERROR, EngineStats
 from fastdata.loading.fields import (
     IMAGE_FIELDS,
@@ -290,10 +291,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank, world = self.world()
         split, done = self.cursor.start(self._size(), int(batch_size), world)
         rows = self._rows(split, rank)
-        ahead = max(2, int(num_workers) * prefetch)
+        ahead = batches_ahead(int(num_workers), prefetch, self._batch_bytes(int(batch_size)))
         stream = BatchStream(self, rows, epoch=split.epoch, first=done, num_workers=int(num_workers), device=device,
                              memory_format=memory_format, timeout=timeout, ahead=ahead, stats=stats)  # fmt: skip
         return self._batch_loop(stream, split, rows)
+
+    def _batch_bytes(self, batch_size: int) -> int:
+        """Bytes of one image batch as the pipeline declares it (0: no images)."""
+        if self.plan is None:
+            return 0
+        itemsize = torch.empty(0, dtype=getattr(self.plan, "dtype", torch.uint8)).element_size()
+        return batch_size * int(np.prod(self._image_shape())) * itemsize
 
     def _rows(self, split: Split, rank: int) -> Rows:
         schedule = split.schedule(rank)
