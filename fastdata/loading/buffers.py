@@ -31,8 +31,8 @@ a pooled one. Half of torch's figure is below what the imports and one float32 b
 on their own: going further means handing the consumer uint8 batches and converting on its
 device, which the loaders do when ``device=`` is given. The shard batch path
 (``fastdata.loading.batches``) writes its float32 outputs in the worker threads, so its
-``num_workers * prefetch`` batches in flight are float32: 770 MB at these sizes (peak PSS
-about 1,500 MiB). Writing them as uint8 and converting in the consumer's thread, as the
+batches in flight are float32: with ``num_workers * prefetch`` of them, 770 MB at these
+sizes (peak PSS about 1,500 MiB); under the byte budget below, two (1,104 MiB). Writing them as uint8 and converting in the consumer's thread, as the
 compiled DataLoader does, brought that to 1,196 MiB but cost 13% of the throughput (1,188
 against 1,367 samples/s, ``bench_stream.py --workloads imagenet --reps 3``, same machine,
 one after the other): the workers' conversion reads a per-thread scratch batch that is
