@@ -140,3 +140,58 @@ def test_a_state_of_another_mix_is_refused(sources):
         make(sources[:2], weights=(0.5, 0.3)).load_state_dict(state)
     with pytest.raises(ValueError, match="sources"):  # another seed of a source
         make(sources, seeds=(0, 99, 2)).load_state_dict(state)
+
+
+# -- token datasets -------------------------------------------------------------------------------
+
+
+def token_sources(tmp_path, mode="concat"):
+    from test_token_dataset import write_tokens
+
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(2):
+        (tmp_path / f"t{i}").mkdir(exist_ok=True)
+        urls, *_ = write_tokens(tmp_path / f"t{i}", [rng.integers(3, 30, 8) for _ in range(3 + i)], seed=i)
+        out.append(urls)
+    return [fastdata.TokenDataset(u, 8, mode=mode, shuffle=True, seed=i, drop_last=False) for i, u in enumerate(out)]
+
+
+def rows_alone(ds) -> set:
+    return {tuple(r) for b in ds.iter_batches(16, num_workers=0) for r in b["input_ids"].tolist()}
+
+
+@pytest.mark.parametrize("mode", ["concat", "aligned"])
+def test_a_mix_of_token_datasets(tmp_path, mode):
+    mix = fastdata.Mix(token_sources(tmp_path, mode), [0.6, 0.4], stop="all_exhausted", names=["a", "b"])
+    alone = [rows_alone(ds) for ds in token_sources(tmp_path, mode)]
+    batches = list(mix.iter_batches(5, num_workers=0))
+    assert sum(len(b["input_ids"]) for b in batches) == len(mix) == sum(mix.stats.sources.values())
+    for b in batches:
+        for row in b["input_ids"].tolist():
+            assert tuple(row) in alone[0] | alone[1]  # every row is one of a source's rows
+        seg = b["segment_ids"].numpy()  # cu_seqlens again, independently: row starts and id changes
+        flat = np.concatenate([[True] if j == 0 else [seg[r, j] != seg[r, j - 1]] for r in range(seg.shape[0])
+                               for j in range(seg.shape[1])])  # fmt: skip
+        expect = np.append(np.flatnonzero(flat), seg.size)
+        assert np.array_equal(b["cu_seqlens"].numpy(), expect)
+        starts = flat.reshape(seg.shape) | (seg < 0)  # positions restart per document (0 on padding)
+        assert torch.equal(b["position_ids"] == 0, torch.from_numpy(starts))
+
+
+def test_a_token_mix_resumes_elastically(tmp_path):
+    def make(rank, world):
+        return fastdata.Mix(token_sources(tmp_path), [0.5, 0.5], stop="first_exhausted", rank=rank, world_size=world)
+
+    full = collections.Counter(tuple(r) for k in range(2) for b in make(k, 2).iter_batches(3, num_workers=0)
+                               for r in b["input_ids"].tolist())  # fmt: skip
+    mixes = [make(k, 2) for k in range(2)]
+    iters = [m.iter_batches(3, num_workers=0) for m in mixes]
+    done = [tuple(r) for it in iters for _ in range(2) for r in next(it)["input_ids"].tolist()]
+    state = mixes[0].state_dict()
+    rest = []
+    for k in range(3):
+        m = make(k, 3)
+        m.load_state_dict(state)
+        rest += [tuple(r) for b in m.iter_batches(2, num_workers=0) for r in b["input_ids"].tolist()]
+    assert collections.Counter(done + rest) == full

@@ -14,7 +14,9 @@ The mix is index arithmetic on top of each source's order (``fastdata.loading.or
 position ``t`` of a mix epoch names a source and that source's next sample, and the mix
 epoch is then split over ranks, resumed and resplit exactly like a ``ShardDataset`` epoch
 (NOTE [ Elastic resumption ]). Sources keep their own transforms and fields; their
-batches must collate (the same image shape and field kinds).
+batches must collate (the same image shape and field kinds). ``TokenDataset`` sources mix
+the same way (all sources of one kind): a batch is the token dict of their rows, its
+``cu_seqlens`` made again for the merged rows.
 
 NOTE [ Largest sampling error first ]
 Position ``t`` (0, 1, 2, ...) takes the source whose count so far lags its weight most:
@@ -55,6 +57,7 @@ from fastdata.loading.engine import EngineStats
 from fastdata.loading.fields import sample_field
 from fastdata.loading.order import Cursor, Split, World, epoch_order
 from fastdata.loading.shard_dataset import ShardDataset, _check_iter_args
+from fastdata.loading.tokens import TokenDataset
 
 __all__ = ["Mix", "mix_sequence"]
 
@@ -107,8 +110,9 @@ class Mix(torch.utils.data.IterableDataset):
     """Several ``ShardDataset`` sources mixed by weight (see the module docstring).
 
     Args:
-        datasets: the sources; each keeps its transform, fields, shuffle, window and seed
-            (their own ``rank``/``world_size`` are not used: the mix is split).
+        datasets: the sources, all ``ShardDataset`` or all ``TokenDataset``; each keeps its
+            transform, fields, shuffle, window and seed (their own ``rank``/``world_size`` are
+            not used: the mix is split).
         weights: each source's share of the samples (normalised; 0 leaves a source out).
         stop: ``"first_exhausted"``, ``"all_exhausted"`` or a number of samples per epoch.
         names: the sources' names in ``stats.sources`` (default ``"0"``, ``"1"``, ...).
@@ -134,9 +138,12 @@ class Mix(torch.utils.data.IterableDataset):
         self.sources = list(datasets)
         if not self.sources:
             raise ValueError("Mix needs at least one dataset")
+        kind = ShardDataset if isinstance(self.sources[0], ShardDataset) else TokenDataset
         for i, src in enumerate(self.sources):
-            if not isinstance(src, ShardDataset):
-                raise ValueError(f"Mix mixes ShardDatasets; source {i} is a {type(src).__name__}")
+            if not isinstance(src, kind):
+                raise ValueError(f"Mix mixes ShardDatasets or TokenDatasets, all of one kind; source {i} is a "
+                                 f"{type(src).__name__}, source 0 a {type(self.sources[0]).__name__}")  # fmt: skip
+        self._tokens = kind is TokenDataset
         w = np.asarray([float(v) for v in weights], np.float64)
         if len(w) != len(self.sources) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise ValueError(f"weights must be {len(self.sources)} finite numbers >= 0, not all 0; got {list(weights)}")
@@ -154,7 +161,7 @@ class Mix(torch.utils.data.IterableDataset):
         self._cache: tuple[int, Any] | None = None
 
     def _length(self) -> int:
-        sizes = np.array([sum(src.counts()) for src in self.sources], np.int64)
+        sizes = np.array([src.units() if self._tokens else sum(src.counts()) for src in self.sources], np.int64)
         if np.any((sizes == 0) & (self.weights > 0)):
             empty = self.names[int(np.flatnonzero((sizes == 0) & (self.weights > 0))[0])]
             raise FastdataError(f"Mix source {empty!r} has no samples but a weight > 0")
@@ -242,6 +249,9 @@ class Mix(torch.utils.data.IterableDataset):
         rank, world = self.world()
         split, done = self.cursor.start(self._length(), int(batch_size), world)
         schedule = split.schedule(rank)
+        if self._tokens:
+            yield from self._token_epoch(split, schedule, done, stats, device)
+            return
         ahead = batches_ahead(int(num_workers), prefetch, self.sources[0]._batch_bytes(int(batch_size)))
         opts = dict(num_workers=int(num_workers), device=device, memory_format=memory_format, timeout=timeout,
                     ahead=ahead)  # fmt: skip
@@ -289,6 +299,43 @@ class Mix(torch.utils.data.IterableDataset):
             for s in streams.values():
                 s.close()
 
+    def _token_units(self, epoch: int, pos: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per token source: which of these positions it gives, and its units there."""
+        seq, draw = self._epoch(epoch)
+        src, j = seq[pos], draw[pos]
+        out = []
+        for i, ds in enumerate(self.sources):
+            mine = np.flatnonzero(src == i)
+            passes, k = np.divmod(j[mine], ds.units())
+            units = np.empty(len(mine), np.int64)
+            for c in np.unique(passes).tolist():
+                at = passes == c
+                units[at] = ds.unit_order(epoch, ds.seed + c * _PASS_SEED)[k[at]]
+            out.append((mine, units))
+        return out
+
+    def _token_epoch(self, split: Split, schedule: Any, done: int, stats: EngineStats, device: Any) -> Iterator:
+        """One epoch of mixed token batches (dicts, as ``TokenDataset`` yields them)."""
+        parts = self._token_units(split.epoch, schedule.pos)
+        starts = schedule.starts
+        for b in range(done, len(starts) - 1):
+            t0 = time.perf_counter()
+            lo, hi = int(starts[b]), int(starts[b + 1])
+            got = []
+            for i, (mine, units) in enumerate(parts):
+                sel = (mine >= lo) & (mine < hi)
+                if sel.any():
+                    batch = self.sources[i]._batch(units[sel])
+                    batch.pop("_tokens", None)
+                    got.append((mine[sel] - lo, batch))
+                    stats.sources[self.names[i]] = stats.sources.get(self.names[i], 0) + int(sel.sum())
+            batch = _merge_rows(got, hi - lo)
+            stats.batches, stats.samples = stats.batches + 1, stats.samples + hi - lo
+            stats.elapsed_s += time.perf_counter() - t0
+            self.cursor.delivered(split, b + 1, hi)
+            yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        self.cursor.delivered(split, split.batches, len(schedule.pos))
+
     def __iter__(self) -> Iterator:
         """Single samples for torch's DataLoader: the rank's share, torch's worker ``w`` of
         ``K`` taking every ``K``-th sample from the ``w``-th."""
@@ -298,6 +345,13 @@ class Mix(torch.utils.data.IterableDataset):
         split = Split.whole(self.cursor.epoch, self._length(), world, 1, self.drop_last)
         pos = split.schedule(rank).pos[worker::workers]
         starts = np.unique(np.minimum(np.arange(0, len(pos) + _SAMPLE_CHUNK, _SAMPLE_CHUNK), len(pos)))
+        if self._tokens:
+            from fastdata.loading.order import Schedule
+
+            for batch in self._token_epoch(split, Schedule(pos, starts), 0, self.stats, None):
+                for r in range(len(batch["input_ids"])):
+                    yield {k: v[r] for k, v in batch.items() if k != "cu_seqlens"}
+            return
         opts = dict(num_workers=0, device=None, memory_format=torch.contiguous_format, timeout=0, ahead=1)
         kinds = list(self.sources[0].fields.values())
         for _, images, extras in self._batches(split.epoch, pos, starts, 0, self.stats, opts, collate=False):
@@ -344,3 +398,31 @@ def _assemble(got: list, n: int, names: list[str], collate: bool) -> tuple[Any, 
             raise FastdataError(f"Mix sources must give fields that collate: field {f} comes as {kinds}")
         extras.append(out)
     return images, extras
+
+
+def _merge_rows(got: list[tuple[np.ndarray, dict]], n: int) -> dict[str, torch.Tensor]:
+    """One token batch of ``n`` rows from the sources' parts ``(rows, batch)``; ``cu_seqlens``
+    is made again from the merged ``segment_ids`` (a segment starts at every row and where
+    the segment id changes, padding included, as ``fastdata.loading.packing.fill_rows`` counts)."""
+    if len(got) == 1:
+        return got[0][1]
+    keys = [k for k in got[0][1] if k != "cu_seqlens"]
+    for _, batch in got[1:]:
+        if [k for k in batch if k != "cu_seqlens"] != keys or batch["input_ids"].shape[1:] != got[0][1]["input_ids"].shape[1:]:
+            raise FastdataError("Mix sources must give batches that collate: the token datasets differ in "
+                                f"mode or seq_len ({sorted(keys)} {tuple(got[0][1]['input_ids'].shape[1:])} against "
+                                f"{sorted(batch)} {tuple(batch['input_ids'].shape[1:])})")  # fmt: skip
+    out = {}
+    for k in keys:
+        first = got[0][1][k]
+        merged = first.new_empty((n, *first.shape[1:]))
+        for rows, batch in got:
+            merged[torch.from_numpy(rows)] = batch[k]
+        out[k] = merged
+    if "cu_seqlens" in got[0][1]:
+        seg = out["segment_ids"]
+        change = torch.ones_like(seg, dtype=torch.bool)
+        change[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        starts = torch.nonzero(change.flatten()).flatten()
+        out["cu_seqlens"] = torch.cat([starts, torch.tensor([seg.numel()])]).to(torch.int32)
+    return out

@@ -246,12 +246,17 @@ class TokenDataset(torch.utils.data.IterableDataset):
         and a state resumes on any cluster shape (NOTE [ Elastic resumption ]).
         """
         if self._order is None or self._order[0] != epoch:
-            counts = self._unit_counts()
-            window = int(counts.sum()) + 1 if self.buffer_size is None else self.buffer_size
-            shard, member = epoch_order(counts, seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=window)
-            first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            self._order = (epoch, first[shard] + member)
+            self._order = (epoch, self.unit_order(epoch, self.seed))
         return self._order[1]
+
+    def unit_order(self, epoch: int, seed: int) -> np.ndarray:
+        """The units of ``epoch`` in the order ``seed`` gives them (``order`` uses the
+        dataset's seed; ``fastdata.Mix`` offsets it for a source's later passes)."""
+        counts = self._unit_counts()
+        window = int(counts.sum()) + 1 if self.buffer_size is None else self.buffer_size
+        shard, member = epoch_order(counts, seed=seed, epoch=epoch, shuffle=self.shuffle, window=window)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return first[shard] + member
 
     # -- state ---------------------------------------------------------------------------
 
