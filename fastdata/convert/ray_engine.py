@@ -7,7 +7,7 @@ NOTE [ Ray tasks rather than Ray Data ]
 The work is a list of independent shard tasks whose results are small dicts (the parts),
 and each task reads its own files where it runs. Plain Ray tasks fit that one to one:
 per-task retries (``max_retries``, ``retry_exceptions``), results in completion order
-for the progress bar, cancellation on the first failure. Ray Data's ``map_batches`` over
+for the progress bar. Ray Data's ``map_batches`` over
 the task list would add a streaming executor, block sizing and an actor pool for no gain
 in this shape of work, so it is not used.
 
@@ -15,6 +15,13 @@ Retries: a task that raises is retried ``retries`` times (a read from an object 
 fail once and succeed the next time); a task whose worker or node dies is retried by Ray
 up to the same count. A task that still fails stops the conversion with its error (the
 file named); the tasks that had finished keep their shards and parts, so a re-run resumes.
+
+NOTE [ No ray.cancel ]
+When the driver stops early (a failed task, an interrupt), the tasks still running are
+left to finish, not cancelled: cancelling a task that has retries while it completes can
+abort the driver process inside Ray (``task_manager.cc``: "Check failed: Tried to complete
+task that was not pending", seen in this project's test run with Ray 2.x), which is far
+worse than finishing work whose shard and part a re-run then reuses.
 The usage-stats report of a Ray instance that this engine starts is disabled
 (``RAY_USAGE_STATS_ENABLED=0``), and no ``runtime_env`` is used: every node needs
 fastdata installed.
@@ -129,15 +136,11 @@ class RayEngine:
         ray = self._ray
         remote = ray.remote(fn).options(num_cpus=1, max_retries=self.retries, retry_exceptions=True)
         pending = {remote.remote(self._source_ref, task, *args): task for task in tasks}
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=0.5)
-                for ref in ready:
-                    task = pending.pop(ref)
-                    on_result(task.number, self._get(ray, ref, task))
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
+        while pending:  # stopping early leaves the rest running: NOTE [ No ray.cancel ]
+            ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 64), timeout=0.5)
+            for ref in ready:
+                task = pending.pop(ref)
+                on_result(task.number, self._get(ray, ref, task))
 
     def _get(self, ray, ref, task: ShardTask) -> Any:
         try:
