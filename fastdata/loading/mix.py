@@ -159,8 +159,15 @@ class Mix(torch.utils.data.IterableDataset):
         self.cursor = Cursor(header, self.drop_last)
         self.stats = EngineStats()
         self._cache: tuple[int, Any] | None = None
+        self._size: int | None = None
 
     def _length(self) -> int:
+        """Positions of a mix epoch (the same every epoch: computed once)."""
+        if self._size is None:
+            self._size = self._count_positions()
+        return self._size
+
+    def _count_positions(self) -> int:
         sizes = np.array([src.units() if self._tokens else sum(src.counts()) for src in self.sources], np.int64)
         if np.any((sizes == 0) & (self.weights > 0)):
             empty = self.names[int(np.flatnonzero((sizes == 0) & (self.weights > 0))[0])]

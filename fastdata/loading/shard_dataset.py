@@ -57,7 +57,6 @@ from fastdata.loading.buffers import batches_ahead
 from fastdata.loading.engine import ON_ERROR, EngineStats
 from fastdata.loading.fields import (
     IMAGE_FIELDS,
-    collate_field,
     decode_npy,
     field_kinds,
     sample_field,
@@ -385,12 +384,6 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC view
         return arr
-
-    def _collate(self, extras: list) -> list:
-        return [
-            collate_field(kind, ext, [e[i] for e in extras], self.pad_value)
-            for i, (ext, kind) in enumerate(self.fields.items())
-        ]
 
     def _image_shape(self) -> tuple[int, int, int]:
         """The plan's declared sample shape, or (for size-keeping pipelines) the first image's."""
